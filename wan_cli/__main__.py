@@ -1,0 +1,5 @@
+"""`python -m wan_cli` = `wan`."""
+
+from .cli.app import main
+
+main()

@@ -1,0 +1,170 @@
+"""Shared numerical ops: attention (one entry point, several backends), 3D RoPE, timestep sinusoid.
+
+Facts: ``wan21-architecture.md`` §2.2 (sinusoid), §2.5-2.6 (attention, RoPE).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .errors import WanError
+
+# --------------------------------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------------------------------
+
+ATTENTION_BACKENDS = ("sdpa", "flash", "sage")
+_default_backend = "sdpa"
+
+
+def _import_first(*names: str) -> Any | None:
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except Exception:  # ImportError, or a broken CUDA extension raising anything at import
+            continue
+    return None
+
+
+@functools.cache
+def _flash_fn() -> Callable[..., Any] | None:
+    # FlashAttention 3 (Hopper) ships as `flash_attn_interface`; FlashAttention 2 as `flash_attn`.
+    mod = _import_first("flash_attn_interface", "flash_attn")
+    return getattr(mod, "flash_attn_func", None) if mod is not None else None
+
+
+@functools.cache
+def _sage_fn() -> Callable[..., Any] | None:
+    mod = _import_first("sageattention")
+    return getattr(mod, "sageattn", None) if mod is not None else None
+
+
+def available_backends() -> list[str]:
+    """Attention backends usable in this process (``sdpa`` always)."""
+    out = ["sdpa"]
+    if _flash_fn() is not None and torch.cuda.is_available():
+        out.append("flash")
+    if _sage_fn() is not None and torch.cuda.is_available():
+        out.append("sage")
+    return out
+
+
+def set_attention_backend(name: str) -> None:
+    """Pick the process-wide default backend; fails early (with a hint) if it cannot run here."""
+    global _default_backend
+    if name not in ATTENTION_BACKENDS:
+        raise WanError(f"unknown attention backend {name!r}", hint=f"choose one of: {', '.join(ATTENTION_BACKENDS)}")
+    if name not in available_backends():
+        pkg = {"flash": "flash-attn", "sage": "sageattention"}[name]
+        raise WanError(
+            f"attention backend {name!r} is not available here",
+            hint=f"it needs a CUDA GPU and the `{pkg}` package; the default `sdpa` always works",
+        )
+    _default_backend = name
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+    """Full (unmasked, non-causal) multi-head attention with scale 1/sqrt(head_dim).
+
+    q: [B, Lq, H, D], k and v: [B, Lk, H, D], all of one dtype → [B, Lq, H, D] in that dtype.
+    """
+    name = backend or _default_backend
+    if name == "sdpa":
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # these kernels need 16-bit
+    if name == "flash":
+        fn = _flash_fn()
+        if fn is None:
+            raise WanError("flash-attn is not installed", hint="pip install flash-attn, or use the sdpa backend")
+        res = fn(q.to(half), k.to(half), v.to(half))
+        res = res[0] if isinstance(res, tuple) else res  # FA3 returns (out, lse)
+        return res.to(q.dtype)
+    if name == "sage":
+        fn = _sage_fn()
+        if fn is None:
+            raise WanError("sageattention is not installed", hint="pip install sageattention, or use sdpa")
+        return fn(q.to(half), k.to(half), v.to(half), tensor_layout="NHD").to(q.dtype)
+    raise WanError(f"unknown attention backend {name!r}", hint=f"choose one of: {', '.join(ATTENTION_BACKENDS)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timestep embedding
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sinusoidal_embedding_1d(dim: int, t: torch.Tensor) -> torch.Tensor:
+    """[B] timesteps → [B, dim] float64, cos first: [cos(t·f_i), sin(t·f_i)], f_i = 10000^(-i/(dim/2)).
+
+    Computed in float64 like the official code (Diffusers uses float32; the difference is ~1e-4 at t≈1000).
+    """
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device).div(half))
+    angles = torch.outer(t.to(torch.float64), freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 3D RoPE
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+    """Channels per axis (frame, height, width): 128 → (44, 42, 42)."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+@functools.lru_cache(maxsize=16)
+def rope_cos_sin(
+    grid: tuple[int, int, int], head_dim: int, device: torch.device, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for a (frames, rows, cols) token grid → two [L, head_dim/2] float32 tensors.
+
+    Token order is row-major over (f, h, w); pair j of a head uses the frame index for j < 22, the row index for
+    22 ≤ j < 43 and the column index after (for head_dim 128). Angles in float64, as the official tables.
+    Cached per grid: the sampler calls the DiT with one grid for every step.
+    """
+    f, h, w = grid
+    angles = []
+    for n, d_axis, view in zip(
+        (f, h, w), rope_axis_dims(head_dim), ((f, 1, 1, -1), (1, h, 1, -1), (1, 1, w, -1)), strict=True
+    ):
+        inv = 1.0 / torch.pow(theta, torch.arange(0, d_axis, 2, dtype=torch.float64) / d_axis)
+        ang = torch.outer(torch.arange(n, dtype=torch.float64), inv)  # [n, d_axis/2]
+        angles.append(ang.view(view).expand(f, h, w, -1))
+    table = torch.cat(angles, dim=-1).reshape(f * h * w, head_dim // 2)
+    return table.cos().float().to(device), table.sin().float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved channel pairs (2j, 2j+1) of x [B, L, H, D] by the angles of cos/sin [L, D/2]; fp32 out."""
+    xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    re, im = xf[..., 0], xf[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((re * c - im * s, re * s + im * c), dim=-1).flatten(-2)
+
+
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x · rsqrt(mean(x²) + eps) over the last axis, in fp32, returned in x's dtype (the official WanRMSNorm)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).type_as(x)
+
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "apply_rope",
+    "attention",
+    "available_backends",
+    "rms_normalize",
+    "rope_axis_dims",
+    "rope_cos_sin",
+    "set_attention_backend",
+    "sinusoidal_embedding_1d",
+]
