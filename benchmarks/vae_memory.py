@@ -8,8 +8,11 @@ Ours streams: frames are produced chunk by chunk and fed to ``stream_encoder`` (
 latent frames are fed one by one to ``stream_decoder`` (pixels dropped as they come) — what `wan encode`/`decode`
 do with ffmpeg on either side. Diffusers gets the whole tensor, as its API requires.
 
-    python benchmarks/vae_memory.py               # all four paths, 33 and 257 frames (~20 min on 2 cores)
-    python benchmarks/vae_memory.py --frames 17 65 --impl ours
+By default every process first fixes glibc's mmap threshold (``tune_host_allocator``, as the `wan` command does);
+``--malloc default`` leaves glibc alone, whose dynamic threshold adds several percent of run-to-run RSS noise.
+
+    python benchmarks/vae_memory.py               # both implementations, 33 and 257 frames (~30 min on 2 cores)
+    python benchmarks/vae_memory.py --frames 17 65 --impl ours --malloc default
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ import time
 SIZE = 128
 
 
-def _child(impl: str, op: str, frames: int) -> None:
+def _child(impl: str, op: str, frames: int, malloc: str) -> None:
     import torch
+
+    if malloc == "tuned":
+        from wan_cli.engine.memory import tune_host_allocator
+
+        assert tune_host_allocator()
 
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
@@ -61,9 +69,9 @@ def _child(impl: str, op: str, frames: int) -> None:
     print(json.dumps({"peak_rss_mb": peak_kib / 1024}))
 
 
-def measure(impl: str, op: str, frames: int) -> dict[str, float]:
+def measure(impl: str, op: str, frames: int, malloc: str) -> dict[str, float]:
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--child", impl, op, str(frames)], check=True,
+    out = subprocess.run([sys.executable, __file__, "--child", impl, op, str(frames), malloc], check=True,
                          capture_output=True, text=True).stdout  # fmt: skip
     res = json.loads(out.strip().splitlines()[-1])
     res["seconds"] = time.perf_counter() - t0
@@ -74,23 +82,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, nargs=2, default=[33, 257], metavar=("SHORT", "LONG"))
     ap.add_argument("--impl", choices=["ours", "diffusers", "both"], default="both")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", choices=["tuned", "default"], default="tuned")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        impl, op, frames = args.child
-        _child(impl, op, int(frames))
+        impl, op, frames, malloc = args.child
+        _child(impl, op, int(frames), malloc)
         return
     import torch
 
     impls = ["ours", "diffusers"] if args.impl == "both" else [args.impl]
     short, long = args.frames
     print(f"# {dt.date.today()} · {platform.processor() or platform.machine()} · {torch.get_num_threads()} threads · "
-          f"torch {torch.__version__} · {SIZE}x{SIZE}, real VAE config, random weights", flush=True)  # fmt: skip
+          f"torch {torch.__version__} · {SIZE}x{SIZE}, real VAE config, random weights · malloc {args.malloc}",
+          flush=True)  # fmt: skip
     print(f"| path | {short} frames peak RSS | {long} frames peak RSS | ratio | time {short} / {long} |")
     print("|---|---|---|---|---|", flush=True)
     for impl in impls:
         for op in ("decode", "encode"):
-            a, b = measure(impl, op, short), measure(impl, op, long)
+            a, b = measure(impl, op, short, args.malloc), measure(impl, op, long, args.malloc)
             label = f"{impl} {op}" + (" (streaming)" if impl == "ours" else " (whole video)")
             print(f"| {label} | {a['peak_rss_mb']:.0f} MB | {b['peak_rss_mb']:.0f} MB | "
                   f"{b['peak_rss_mb'] / a['peak_rss_mb']:.3f} | {a['seconds']:.0f} s / {b['seconds']:.0f} s |",

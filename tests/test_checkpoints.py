@@ -28,6 +28,8 @@ from safetensors.torch import save_file
 
 from wan_cli.engine import CheckpointError, inspect_checkpoint, load_transformer, load_vae
 from wan_cli.engine.checkpoints import (
+    Detected,
+    detect_kind,
     dit_key_to_diffusers,
     infer_dit_config,
     infer_vae_config,
@@ -84,6 +86,9 @@ def test_diffusers_keys_map_one_to_one(name: str) -> None:
     mapped = {dit_key_to_diffusers(k): tuple(v.shape) for k, v in ours.items()}
     assert len(mapped) == len(ours)
     assert mapped == {k: tuple(v.shape) for k, v in theirs.items()}
+    # and both layouts are recognised from the full key sets (ComfyUI: the official names behind a prefix)
+    assert detect_kind(mapped) == Detected("dit", "diffusers", "")
+    assert detect_kind(COMFY_PREFIX + k for k in ours) == Detected("dit", "comfyui", COMFY_PREFIX)
 
 
 def test_vae_diffusers_keys_map_one_to_one() -> None:
@@ -264,6 +269,13 @@ def test_missing_shard(tmp: Path) -> None:
     next(folder.glob("*00002-of-00002.safetensors")).unlink()
     with pytest.raises(CheckpointError, match="missing"):
         load_transformer(folder)
+
+
+def test_wrong_model_type_is_refused(tmp: Path) -> None:
+    path = write_comfy_dit(random_dit(tiny_dit_config("i2v")), tmp / "i2v.safetensors")
+    assert load_transformer(path, model_type="i2v").config.model_type == "i2v"
+    with pytest.raises(CheckpointError, match=r"is a i2v model \(custom\), not a t2v model"):
+        load_transformer(path, model_type="t2v")
 
 
 @pytest.mark.parametrize("which", ["vae_as_dit", "dit_as_vae", "text_encoder"])

@@ -66,4 +66,7 @@ def inspect(
 
 
 def main() -> None:
+    from ..engine.memory import tune_host_allocator
+
+    tune_host_allocator()  # streaming loops keep a flat RSS (see engine/memory.py)
     app()

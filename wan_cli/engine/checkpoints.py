@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import CheckpointError
-from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer
+from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, build_transformer
 from .vae import WanVAE, WanVAEConfig, build_vae
 
 Kind = Literal["dit", "vae", "text_encoder", "clip", "unknown"]
@@ -515,14 +515,25 @@ def _torch_device(device: str | torch.device) -> torch.device:
 
 
 def load_transformer(
-    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    model_type: ModelType | None = None,
 ) -> WanModel:
     """Load the Wan DiT from a file, an official folder, a Diffusers model folder or a Diffusers pipeline folder.
 
     ``dtype`` is the compute dtype: matmul weights are stored in it; the time embedding, modulation, norms and head
-    stay fp32 (official precision rules). fp8 and scaled-fp8 weights are dequantised to it.
+    stay fp32 (official precision rules). fp8 and scaled-fp8 weights are dequantised to it. With ``model_type``,
+    a checkpoint of another type (say an i2v model for t2v) is refused before any data is read.
     """
     plan = _DiTPlan(path)
+    if model_type is not None and plan.config.model_type != model_type:
+        raise CheckpointError(
+            f"{plan.src.name} is a {plan.config.model_type} model ({dit_variant_name(plan.config)}), "
+            f"not a {model_type} model",
+            hint=f"pass a {model_type} checkpoint (`wan inspect PATH` tells what a file holds)",
+        )
     model = build_transformer(plan.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     to_file = {k: plan.prefix + plan.rename(k) for k in expected}

@@ -11,7 +11,7 @@ Module attributes are the official ``Wan2.1_VAE.pth`` keys (194 tensors at the r
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -365,6 +365,11 @@ class _TiledRunner:
         self.tiles = [(y, x) for y in ys for x in xs]
         self.caches = [FeatureCache() for _ in self.tiles]
         self.out_hw = (self._o(h), self._o(w))
+        self.weights = [
+            _ramp(self._o(y1 - y0), self._o(yi), self._o(yo))[:, None]
+            * _ramp(self._o(x1 - x0), self._o(xi), self._o(xo))[None, :]
+            for (y0, y1, yi, yo), (x0, x1, xi, xo) in self.tiles
+        ]  # [tile h, tile w] output-space blend weights
 
     def _o(self, a: int) -> int:
         return a * self.px_in // self.px_out
@@ -374,15 +379,13 @@ class _TiledRunner:
             self.caches[0].start_chunk()
             return fn(chunk, self.caches[0])
         acc = wsum = None
-        for ((y0, y1, yi, yo), (x0, x1, xi, xo)), cache in zip(self.tiles, self.caches, strict=True):
+        for ((y0, y1, _, _), (x0, x1, _, _)), cache, weight in zip(self.tiles, self.caches, self.weights, strict=True):
             cache.start_chunk()
-            piece = fn(chunk[..., y0:y1, x0:x1], cache).float()
+            piece = fn(chunk[..., y0:y1, x0:x1], cache).float()  # [B, C, t, tile h, tile w]
             if acc is None or wsum is None:
                 acc = piece.new_zeros(*piece.shape[:3], *self.out_hw)
                 wsum = piece.new_zeros(*self.out_hw)
-            wy = _ramp(self._o(y1 - y0), self._o(yi), self._o(yo))
-            wx = _ramp(self._o(x1 - x0), self._o(xi), self._o(xo))
-            wgt = (wy[:, None] * wx[None, :]).to(piece.device)
+            wgt = weight.to(piece.device)
             acc[..., self._o(y0) : self._o(y1), self._o(x0) : self._o(x1)] += piece * wgt
             wsum[self._o(y0) : self._o(y1), self._o(x0) : self._o(x1)] += wgt
         assert acc is not None and wsum is not None
@@ -527,14 +530,6 @@ class StreamDecoder:
         for i in range(latents.shape[2]):
             self.latents_in += 1
             yield self._runner.run(latents[:, :, i : i + 1], self.vae._decode_chunk).clamp_(-1.0, 1.0)
-
-
-def encode_frames(vae: WanVAE, chunks: Iterable[torch.Tensor], tiling: Tiling | None = None) -> Iterator[torch.Tensor]:
-    """Stream an iterable of frame chunks through the encoder; raises at the end if the total is not 1 + 4k."""
-    enc = vae.stream_encoder(tiling)
-    for chunk in chunks:
-        yield from enc.push(chunk)
-    enc.close()
 
 
 def build_vae(cfg: WanVAEConfig | None = None, *, device: str | torch.device = "meta") -> WanVAE:
