@@ -193,3 +193,118 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """‖a − b‖ / ‖b‖ in float64."""
     a64, b64 = a.double(), b.double()
     return float((a64 - b64).norm() / b64.norm().clamp(min=1e-30))
+
+
+# -- text and image encoders -----------------------------------------------------------------------------------------
+
+CORPUS = [
+    "a dog runs in the park", "a cat sleeps on the sofa", "the quick brown fox jumps over the lazy dog",
+    "Bright tones, overexposed, static, blurred details, subtitles", "镜头晃动，色调艳丽，过曝，静态，细节模糊不清",
+    "a red car drives through a rainy city at night", "waves crash on a rocky beach under a purple sky",
+]  # fmt: skip
+
+
+def tiny_spiece_model(folder: Path) -> Path:
+    """A small SentencePiece unigram model (pad 0, eos 1, unk 2, like umt5-xxl's), trained on a fixed corpus."""
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(CORPUS * 40))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=60, model_type="unigram", pad_id=0,
+        eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )  # fmt: skip
+    return folder / "spiece.model"
+
+
+def tiny_umt5(seed: int = 0):  # type: ignore[no-untyped-def]
+    """A random HF UMT5 encoder (2 layers, d_model 64, 4 heads, 32 buckets), fp32, eval."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    cfg = UMT5Config(vocab_size=64, d_model=64, d_kv=16, d_ff=96, num_heads=4, num_layers=2,
+                     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32,
+                     relative_attention_max_distance=128, dropout_rate=0.0)  # fmt: skip
+    model = UMT5EncoderModel(cfg).eval()
+    with torch.no_grad():  # random norm gains, so a swapped norm shows
+        for name, p in model.named_parameters():
+            if "layer_norm" in name:
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+    return model
+
+
+# HF UMT5 → official Wan-T5 names, written independently of the loader's table (which goes the other way).
+def umt5_hf_to_official(key: str) -> str | None:
+    import re
+
+    if key == "shared.weight":
+        return "token_embedding.weight"
+    if key == "encoder.embed_tokens.weight":
+        return None  # tied to shared
+    if key == "encoder.final_layer_norm.weight":
+        return "norm.weight"
+    m = re.match(r"encoder\.block\.(\d+)\.layer\.(\d)\.(.+)$", key)
+    assert m, key
+    n, layer, rest = m.groups()
+    table = {
+        "layer_norm.weight": "norm1.weight" if layer == "0" else "norm2.weight",
+        "SelfAttention.q.weight": "attn.q.weight", "SelfAttention.k.weight": "attn.k.weight",
+        "SelfAttention.v.weight": "attn.v.weight", "SelfAttention.o.weight": "attn.o.weight",
+        "SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
+        "DenseReluDense.wi_0.weight": "ffn.gate.0.weight", "DenseReluDense.wi_1.weight": "ffn.fc1.weight",
+        "DenseReluDense.wo.weight": "ffn.fc2.weight",
+    }  # fmt: skip
+    return f"blocks.{n}.{table[rest]}"
+
+
+def tiny_clip(hidden: int = 160, layers: int = 3, seed: int = 0):  # type: ignore[no-untyped-def]
+    """A random HF CLIP vision tower with ViT-H's head width 80 and 224-px/14 patches (257 tokens)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPVisionConfig(hidden_size=hidden, intermediate_size=64, num_attention_heads=hidden // 80,
+                           num_hidden_layers=layers, image_size=224, patch_size=14, hidden_act="gelu",
+                           layer_norm_eps=1e-5)  # fmt: skip
+    return CLIPVisionModel(cfg).eval()
+
+
+def clip_hf_state(model) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """HF keys without any ``vision_model.`` prefix (transformers 4 has one, 5 not)."""
+    return {k.removeprefix("vision_model."): v for k, v in model.state_dict().items() if "position_ids" not in k}
+
+
+def clip_to_official(model) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """The open-clip layout of Wan's .pth: visual.* with fused qkv, plus a text tower and log_scale to ignore."""
+    import re
+
+    out: dict[str, torch.Tensor] = {}
+    sd = clip_hf_state(model)
+    names = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.0",
+             "mlp.fc2": "mlp.2"}  # fmt: skip
+    for k, v in sd.items():
+        if k == "embeddings.class_embedding":
+            out["visual.cls_embedding"] = v.reshape(1, 1, -1)
+        elif k == "embeddings.position_embedding.weight":
+            out["visual.pos_embedding"] = v.unsqueeze(0)
+        elif k == "embeddings.patch_embedding.weight":
+            out["visual.patch_embedding.weight"] = v
+        elif k.startswith("pre_layrnorm."):
+            out["visual.pre_norm." + k.split(".")[-1]] = v
+        elif k.startswith("post_layernorm."):
+            out["visual.post_norm." + k.split(".")[-1]] = v
+        else:
+            m = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", k)
+            assert m, k
+            n, mod, kind = m.groups()
+            if mod in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+                if mod == "self_attn.q_proj":
+                    qkv = [sd[f"encoder.layers.{n}.self_attn.{x}_proj.{kind}"] for x in "qkv"]
+                    out[f"visual.transformer.{n}.attn.to_qkv.{kind}"] = torch.cat(qkv, 0)
+            else:
+                out[f"visual.transformer.{n}.{names[mod]}.{kind}"] = v
+    hidden = sd["embeddings.class_embedding"].shape[0]
+    out["visual.head"] = torch.randn(hidden, 1024)
+    out["textual.token_embedding.weight"] = torch.randn(10, 8)
+    out["log_scale"] = torch.tensor(4.6)
+    return out

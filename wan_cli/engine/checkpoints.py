@@ -155,6 +155,16 @@ class TensorSource:
                     sl = h.get_slice(k)
                     self._add(k, i, tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), torch.uint8), p)
 
+    def renamed(self, tensors: dict[str, torch.Tensor]) -> TensorSource:
+        """A source over tensors derived from this one (renamed, or split views of a mmapped .pth); same file name."""
+        out = TensorSource([])
+        out.paths, out.metadata = self.paths, self.metadata
+        out._handles = [tensors]
+        for k, t in tensors.items():
+            out._where[k] = 0
+            out._meta[k] = (tuple(t.shape), t.dtype)
+        return out
+
     def _add(self, key: str, idx: int, shape: tuple[int, ...], dtype: torch.dtype, path: Path) -> None:
         if key in self._where and self._where[key] != idx:
             raise CheckpointError(f"tensor {key!r} appears in two shards ({self.paths[self._where[key]].name}, "
@@ -250,8 +260,8 @@ def detect_kind(keys: Iterable[str]) -> Detected:
         return Detected("text_encoder", "diffusers")
     if any(k.startswith("visual.transformer.") for k in ks):
         return Detected("clip", "official")
-    if any(k.startswith("vision_model.encoder.layers.") for k in ks):
-        return Detected("clip", "diffusers")
+    if "vision_model.embeddings.class_embedding" in ks or "embeddings.class_embedding" in ks:
+        return Detected("clip", "diffusers")  # HF naming (transformers 4.x and ComfyUI: vision_model. prefix)
     return Detected("unknown", None)
 
 
@@ -259,7 +269,7 @@ _KIND_WORDS = {"dit": "a Wan DiT (diffusion model)", "vae": "a Wan VAE", "text_e
                "clip": "a CLIP image encoder", "unknown": "no Wan weights we recognise"}  # fmt: skip
 
 
-def _wrong_kind(src: TensorSource, want: Kind, got: Kind) -> CheckpointError:
+def wrong_kind(src: TensorSource, want: Kind, got: Kind) -> CheckpointError:
     vace = any("vace_" in k for k in src)
     what = "a Wan VACE model, which wan does not support yet" if vace else _KIND_WORDS[got]
     return CheckpointError(f"{src.name} holds {what}, not {_KIND_WORDS[want]}",
@@ -329,7 +339,12 @@ def infer_vae_config(shape: Callable[[str], tuple[int, ...] | None]) -> WanVAECo
 # --------------------------------------------------------------------------------------------------------------------
 
 _DIT_NAMES = ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors")
-_VAE_NAMES = ("Wan2.1_VAE.pth", "wan_2.1_vae.safetensors", "diffusion_pytorch_model.safetensors")
+_VAE_NAMES = (
+    "Wan2.1_VAE.pth",
+    "wan_2.1_vae.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.safetensors",
+)
 
 
 def _shards_from_index(index: Path) -> list[Path]:
@@ -345,7 +360,7 @@ def _shards_from_index(index: Path) -> list[Path]:
     return [index.parent / f for f in files]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except Exception as exc:
@@ -355,7 +370,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _resolve(path: str | Path, component: str, names: tuple[str, ...]) -> tuple[list[Path], dict[str, Any] | None]:
+def resolve_files(path: str | Path, component: str, names: tuple[str, ...]) -> tuple[list[Path], dict[str, Any] | None]:
     """Files (one, or shards) and the config.json beside them, for a file, a model folder or a pipeline folder."""
     p = Path(path).expanduser()
     if not p.exists():
@@ -363,7 +378,7 @@ def _resolve(path: str | Path, component: str, names: tuple[str, ...]) -> tuple[
     if p.is_file():
         files = _shards_from_index(p) if p.name.endswith(".index.json") else [p]
         cfg = p.parent / "config.json"
-        return files, (_read_json(cfg) if cfg.is_file() and p.suffix != ".pth" else None)
+        return files, (read_json(cfg) if cfg.is_file() and p.suffix != ".pth" else None)
     if (p / component).is_dir() and (p / "model_index.json").is_file():
         p = p / component  # a Diffusers pipeline folder
     for name in names:
@@ -371,7 +386,7 @@ def _resolve(path: str | Path, component: str, names: tuple[str, ...]) -> tuple[
         if f.is_file():
             files = _shards_from_index(f) if name.endswith(".index.json") else [f]
             cfg = p / "config.json"
-            return files, (_read_json(cfg) if cfg.is_file() and f.suffix != ".pth" else None)
+            return files, (read_json(cfg) if cfg.is_file() and f.suffix != ".pth" else None)
     found = sorted(x.name for x in p.iterdir() if x.suffix in (".safetensors", ".pth", ".json"))[:6]
     raise CheckpointError(
         f"no {component} weights found in {p}" + (f" (it has: {', '.join(found)})" if found else " (it is empty)"),
@@ -419,7 +434,7 @@ def dit_variant_name(cfg: WanDiTConfig) -> str:
 
 
 def _open(path: str | Path, component: str, names: tuple[str, ...]) -> tuple[TensorSource, dict[str, Any] | None]:
-    files, cfg = _resolve(path, component, names)
+    files, cfg = resolve_files(path, component, names)
     return TensorSource(files), cfg
 
 
@@ -453,7 +468,7 @@ class _DiTPlan:
         self.src, raw_cfg = _open(path, "transformer", _DIT_NAMES)
         found = detect_kind(self.src.keys())
         if found.kind != "dit" or any("vace_" in k for k in self.src):
-            raise _wrong_kind(self.src, "dit", found.kind)
+            raise wrong_kind(self.src, "dit", found.kind)
         assert found.layout is not None
         self.layout: Layout = found.layout
         self.prefix = found.prefix
@@ -477,9 +492,23 @@ class _DiTPlan:
         self.rename = rename
 
 
-def _check_keys(src: TensorSource, expected: dict[str, tuple[int, ...]], to_file: dict[str, str], what: str) -> None:
-    """Strict key and shape check; the error names the file and the first offending keys."""
-    file_keys = {k for k in src if not IGNORED_KEYS.search(k) and not k.endswith(SCALE_SUFFIX)}
+def check_keys(
+    src: TensorSource,
+    expected: dict[str, tuple[int, ...]],
+    to_file: dict[str, str],
+    what: str,
+    ignore: re.Pattern[str] | None = None,
+) -> None:
+    """Strict key and shape check; the error names the file and the first offending keys.
+
+    ``to_file`` maps each expected (model) key to its name in the file. File keys matching ``IGNORED_KEYS`` or the
+    component's own ``ignore`` pattern are skipped; every other file key must be used.
+    """
+    file_keys = {
+        k
+        for k in src
+        if not IGNORED_KEYS.search(k) and not k.endswith(SCALE_SUFFIX) and not (ignore and ignore.search(k))
+    }
     wanted = set(to_file.values())
     missing = sorted(o for o, f in to_file.items() if f not in file_keys)
     unexpected = sorted(file_keys - wanted)
@@ -500,7 +529,7 @@ def _check_keys(src: TensorSource, expected: dict[str, tuple[int, ...]], to_file
         )
 
 
-def _materialise(src: TensorSource, file_key: str, target: torch.dtype, device: torch.device | str) -> torch.Tensor:
+def materialise(src: TensorSource, file_key: str, target: torch.dtype, device: torch.device | str) -> torch.Tensor:
     t = src.get(file_key)
     scale_key = file_key.removesuffix(".weight") + SCALE_SUFFIX
     if scale_key in src:
@@ -537,11 +566,10 @@ def load_transformer(
     model = build_transformer(plan.config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     to_file = {k: plan.prefix + plan.rename(k) for k in expected}
-    _check_keys(plan.src, expected, to_file, f"{plan.config.model_type} DiT")
+    check_keys(plan.src, expected, to_file, f"{plan.config.model_type} DiT")
     dev = _torch_device(device)
     state = {
-        k: _materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev)
-        for k, f in to_file.items()
+        k: materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev) for k, f in to_file.items()
     }
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
@@ -552,7 +580,7 @@ class _VAEPlan:
         self.src, raw_cfg = _open(path, "vae", _VAE_NAMES)
         found = detect_kind(self.src.keys())
         if found.kind != "vae":
-            raise _wrong_kind(self.src, "vae", found.kind)
+            raise wrong_kind(self.src, "vae", found.kind)
         assert found.layout is not None
         self.layout: Layout = found.layout
         self.prefix = found.prefix
@@ -588,9 +616,9 @@ def load_vae(path: str | Path, *, device: str | torch.device = "cpu", dtype: tor
     vae = build_vae(plan.config)
     expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
     to_file = {k: plan.prefix + plan.rename(k) for k in expected}
-    _check_keys(plan.src, expected, to_file, "Wan VAE")
+    check_keys(plan.src, expected, to_file, "Wan VAE")
     dev = _torch_device(device)
-    state = {k: _materialise(plan.src, f, dtype, dev) for k, f in to_file.items()}
+    state = {k: materialise(plan.src, f, dtype, dev) for k, f in to_file.items()}
     vae.load_state_dict(state, strict=True, assign=True)
     vae.latent_mean = vae.latent_mean.to(dev)
     vae.latent_inv_std = vae.latent_inv_std.to(dev)
@@ -601,11 +629,11 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """Describe a weights file or folder without loading its data (used by ``wan inspect`` and error messages)."""
     p = Path(path).expanduser()
     try:
-        files, _ = _resolve(p, "transformer", _DIT_NAMES)
+        files, _ = resolve_files(p, "transformer", _DIT_NAMES)
     except CheckpointError:
         if not p.is_dir():
             raise
-        files, _ = _resolve(p, "vae", _VAE_NAMES)  # a VAE folder, or the error names what the folder has
+        files, _ = resolve_files(p, "vae", _VAE_NAMES)  # a VAE folder, or the error names what the folder has
     found = detect_kind(TensorSource(files).keys())
     if found.kind == "dit":
         dit = _DiTPlan(p)

@@ -1,0 +1,342 @@
+"""Text and image conditioning: the UMT5-XXL encoder and the CLIP ViT-H/14 vision tower, run by ``transformers``.
+
+Facts: ``wan21-architecture.md`` §3.4 (CLIP), §5 (T5); ``checkpoint-formats.md`` §5 (key maps). The models are
+transformers' own classes (``UMT5EncoderModel``, ``CLIPVisionModel``) built on the meta device and filled by the same
+strict loader as the DiT, from any layout:
+
+- text encoder: official ``models_t5_umt5-xxl-enc-bf16.pth`` (+ ``google/umt5-xxl/`` tokenizer), Diffusers
+  ``text_encoder/`` (+ ``tokenizer/``), ComfyUI ``umt5_xxl_fp16`` / ``umt5_xxl_fp8_e4m3fn_scaled`` (tokenizer from
+  the embedded ``spiece_model`` tensor when no folder is given);
+- image encoder: official open-clip ``.pth`` (visual tower; fused qkv split), Diffusers ``image_encoder/``, ComfyUI
+  ``clip_vision_h.safetensors``.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import TensorSource, check_keys, detect_kind, materialise, resolve_files, wrong_kind
+from .errors import CheckpointError, InputError
+
+TEXT_LEN = 512
+CLIP_SIZE = 224
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+T5_NAMES = ("models_t5_umt5-xxl-enc-bf16.pth", "model.safetensors.index.json", "model.safetensors")
+CLIP_NAMES = (
+    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "clip_vision_h.safetensors",
+)
+
+
+def clean_prompt(text: str) -> str:
+    """The official cleaning: ftfy, HTML-unescape twice, collapse whitespace."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# UMT5 text encoder
+# --------------------------------------------------------------------------------------------------------------------
+
+# checkpoint-formats.md §5.1: official Wan-T5 names → HF UMT5 names.
+T5_OFFICIAL_TO_HF: tuple[tuple[str, str], ...] = (
+    (r"^token_embedding\.", "shared."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
+    (r"^blocks\.(\d+)\.attn\.([qkvo])\.", r"encoder.block.\1.layer.0.SelfAttention.\2."),
+    (r"^blocks\.(\d+)\.pos_embedding\.embedding\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
+    (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),  # the GELU branch
+    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
+    (r"^blocks\.(\d+)\.ffn\.fc2\.", r"encoder.block.\1.layer.1.DenseReluDense.wo."),
+    (r"^norm\.", "encoder.final_layer_norm."),
+)
+_T5_IGNORED = re.compile(r"^(spiece_model|encoder\.embed_tokens\.weight)$")  # tokenizer bytes; the tied embedding alias
+
+
+def t5_official_to_hf(key: str) -> str:
+    for pattern, repl in T5_OFFICIAL_TO_HF:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            return key
+    return key
+
+
+def _umt5_config_from_shapes(src: TensorSource) -> Any:
+    from transformers import UMT5Config
+
+    vocab, d_model = src.shape("shared.weight")
+    layers = 0
+    while f"encoder.block.{layers}.layer.0.SelfAttention.q.weight" in src:
+        layers += 1
+    buckets, heads = src.shape("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight")
+    return UMT5Config(
+        vocab_size=vocab, d_model=d_model, d_kv=src.shape("encoder.block.0.layer.0.SelfAttention.q.weight")[0] // heads,
+        d_ff=src.shape("encoder.block.0.layer.1.DenseReluDense.wi_0.weight")[0], num_heads=heads, num_layers=layers,
+        relative_attention_num_buckets=buckets, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        layer_norm_epsilon=1e-6, dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )  # fmt: skip
+
+
+class TextEncoder:
+    """UMT5 encoder + tokenizer. ``encode`` returns one [L_i, d_model] tensor per prompt, trimmed to its tokens."""
+
+    def __init__(self, model: Any, tokenizer: Any, text_len: int = TEXT_LEN) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> TextEncoder:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> list[torch.Tensor]:
+        texts = [clean_prompt(p) for p in prompts]
+        tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.text_len,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return [h[:n] for h, n in zip(hidden, mask.sum(dim=1).tolist(), strict=True)]
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A UMT5 tokenizer from a folder (``google/umt5-xxl/``, Diffusers ``tokenizer/``) or a ``spiece.model`` file."""
+    from transformers import AutoTokenizer, T5Tokenizer
+
+    p = Path(path).expanduser()
+    try:
+        if p.is_file():  # a bare SentencePiece model
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "spiece.model").write_bytes(p.read_bytes())
+                return T5Tokenizer.from_pretrained(tmp, extra_ids=0)
+        if (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(p))
+        if (p / "spiece.model").is_file():
+            return T5Tokenizer.from_pretrained(str(p), extra_ids=0)
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot load a tokenizer from {p}: {exc}", hint="pass the google/umt5-xxl tokenizer folder"
+        ) from exc
+    raise CheckpointError(f"{p} holds no tokenizer (tokenizer.json or spiece.model)",
+                          hint="pass the google/umt5-xxl tokenizer folder")  # fmt: skip
+
+
+def _embedded_tokenizer(src: TensorSource) -> Any:
+    """ComfyUI text-encoder files carry the SentencePiece model as a uint8 tensor named ``spiece_model``."""
+    data = src.get("spiece_model").to(torch.uint8).numpy().tobytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "spiece.model"
+        model.write_bytes(data)
+        return load_tokenizer(model)
+
+
+def _find_tokenizer(path: Path, files: list[Path], src: TensorSource) -> Any:
+    folder = path if path.is_dir() else path.parent
+    for cand in (folder / "google" / "umt5-xxl", folder / "tokenizer", folder.parent / "tokenizer"):
+        if cand.is_dir():
+            return load_tokenizer(cand)
+    if "spiece_model" in src:
+        return _embedded_tokenizer(src)
+    raise CheckpointError(
+        f"no tokenizer found for {files[0]}",
+        hint="pass the tokenizer folder (google/umt5-xxl, or a Diffusers tokenizer/ folder) with --tokenizer",
+    )
+
+
+def load_text_encoder(
+    path: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> TextEncoder:
+    """Load the UMT5 encoder (bf16 by default, as the official code runs it) and its tokenizer."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    p = Path(path).expanduser()
+    files, raw_cfg = resolve_files(p, "text_encoder", T5_NAMES)
+    src = TensorSource(files)
+    found = detect_kind(src)
+    if found.kind != "text_encoder":
+        raise wrong_kind(src, "text_encoder", found.kind)
+    if found.layout == "official":
+        src = src.renamed({t5_official_to_hf(k): src.get(k) for k in src})
+    if "shared.weight" not in src and "encoder.embed_tokens.weight" in src:
+        src = src.renamed({("shared.weight" if k == "encoder.embed_tokens.weight" else k): src.get(k) for k in src})
+    try:
+        config = UMT5Config.from_dict(raw_cfg) if raw_cfg and "d_model" in raw_cfg else _umt5_config_from_shapes(src)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{src.name} is not a complete UMT5 encoder ({exc})", hint="download it again") from exc
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    check_keys(src, expected, {k: k for k in expected}, "UMT5 text encoder", ignore=_T5_IGNORED)
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(p, files, src)
+    dev = torch.device(device)
+    state = {k: materialise(src, k, dtype, dev) for k in expected}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialise_buffers(model, dev)
+    return TextEncoder(model.eval().requires_grad_(False), tok)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLIP vision tower
+# --------------------------------------------------------------------------------------------------------------------
+
+_HF_PREFIX = "vision_model."  # transformers 4.x CLIPVisionModel (and ComfyUI files) put the tower under this name
+_CLIP_IGNORED = re.compile(r"^(textual\.|log_scale$|visual\.head$|visual_projection\.)")
+
+
+def _clip_official_to_hf(src: TensorSource) -> dict[str, torch.Tensor]:
+    """checkpoint-formats.md §5.2: Wan's open-clip names → HF CLIPVisionModel names (visual tower only)."""
+    out: dict[str, torch.Tensor] = {}
+    simple = (
+        (r"^visual\.patch_embedding\.", "embeddings.patch_embedding."),
+        (r"^visual\.pre_norm\.", "pre_layrnorm."),
+        (r"^visual\.post_norm\.", "post_layernorm."),
+        (r"^visual\.transformer\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
+        (r"^visual\.transformer\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
+        (r"^visual\.transformer\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+        (r"^visual\.transformer\.(\d+)\.mlp\.0\.", r"encoder.layers.\1.mlp.fc1."),
+        (r"^visual\.transformer\.(\d+)\.mlp\.2\.", r"encoder.layers.\1.mlp.fc2."),
+    )
+    for key in src:
+        if _CLIP_IGNORED.search(key):
+            continue
+        t = src.get(key)
+        if key == "visual.cls_embedding":
+            out["embeddings.class_embedding"] = t.reshape(-1)
+        elif key == "visual.pos_embedding":
+            out["embeddings.position_embedding.weight"] = t.reshape(t.shape[-2], t.shape[-1])
+        elif m := re.match(r"^visual\.transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)$", key):
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0), strict=True):
+                out[f"encoder.layers.{m.group(1)}.self_attn.{name}.{m.group(2)}"] = part
+        else:
+            for pattern, repl in simple:
+                new, n = re.subn(pattern, repl, key)
+                if n:
+                    out[new] = t
+                    break
+            else:
+                out[key] = t  # unknown: left for the strict check to report
+    return out
+
+
+def _clip_config_from_shapes(src: TensorSource) -> Any:
+    from transformers import CLIPVisionConfig
+
+    hidden = src.shape("embeddings.class_embedding")[0]
+    layers = 0
+    while f"encoder.layers.{layers}.layer_norm1.weight" in src:
+        layers += 1
+    patch = src.shape("embeddings.patch_embedding.weight")[-1]
+    positions = src.shape("embeddings.position_embedding.weight")[0]
+    return CLIPVisionConfig(
+        hidden_size=hidden, intermediate_size=src.shape("encoder.layers.0.mlp.fc1.weight")[0],
+        num_attention_heads=max(1, hidden // 80), num_hidden_layers=layers, patch_size=patch,
+        image_size=round((positions - 1) ** 0.5) * patch, hidden_act="gelu", layer_norm_eps=1e-5,
+    )  # fmt: skip
+
+
+class ImageEncoder:
+    """CLIP ViT-H/14 truncated after block 31 of 32: ``encode`` → [N, 257, 1280] (the penultimate hidden states)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device) -> ImageEncoder:
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [N, 3, H, W] in [-1, 1] → features [N, 257, 1280] float32."""
+        pixels = preprocess_clip(images.to(self.device))
+        return self.model(pixel_values=pixels.to(self.dtype)).last_hidden_state.float()
+
+
+def preprocess_clip(images: torch.Tensor) -> torch.Tensor:
+    """Official rule: the whole [-1, 1] image resized bicubically straight to 224×224 (no crop, no antialias, no
+    clamp), mapped to [0, 1], normalised with the CLIP mean/std; fp32. (HF's image processor would centre-crop.)"""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
+    x = F.interpolate(images.float(), size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=False)
+    x = x * 0.5 + 0.5
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def load_image_encoder(
+    path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16
+) -> ImageEncoder:
+    """Load the CLIP vision tower (fp16 by default, as the official code runs it), without its unused last block."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    files, raw_cfg = resolve_files(path, "image_encoder", CLIP_NAMES)
+    src = TensorSource(files)
+    found = detect_kind(src)
+    if found.kind != "clip":
+        raise wrong_kind(src, "clip", found.kind)
+    if found.layout == "official":
+        src = src.renamed(_clip_official_to_hf(src))
+    else:  # HF naming, with or without the vision_model. prefix
+        src = src.renamed({k.removeprefix(_HF_PREFIX): src.get(k) for k in src})
+    try:
+        config = CLIPVisionConfig.from_dict(raw_cfg) if raw_cfg and "hidden_size" in raw_cfg else None
+        config = config or _clip_config_from_shapes(src)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{src.name} is not a complete CLIP vision tower ({exc})", hint="download it again"
+        ) from exc
+    last = config.num_hidden_layers - 1  # Wan uses the hidden states after block 31 of 32: the last block never runs
+    config.num_hidden_layers = last
+    with torch.device("meta"):
+        model = CLIPVisionModel(config)
+    expected = {k.removeprefix(_HF_PREFIX): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    ignore = re.compile(rf"^encoder\.layers\.{last}\.|{_CLIP_IGNORED.pattern}")
+    check_keys(src, {c: s for c, (_, s) in expected.items()}, {c: c for c in expected}, "CLIP vision tower", ignore)
+    dev = torch.device(device)
+    state = {k: materialise(src, c, dtype, dev) for c, (k, _) in expected.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialise_buffers(model, dev)
+    return ImageEncoder(model.eval().requires_grad_(False))
+
+
+def _materialise_buffers(model: torch.nn.Module, device: torch.device) -> None:
+    """Non-persistent buffers built on the meta device (CLIP's position_ids) get real values."""
+    for name, buf in list(model.named_buffers()):
+        if buf.device.type != "meta":
+            continue
+        if not name.endswith("position_ids"):
+            raise CheckpointError(f"internal: buffer {name} has no value after loading")
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        owner.register_buffer("position_ids", torch.arange(buf.shape[-1], device=device).expand(1, -1),
+                              persistent=False)  # fmt: skip
