@@ -308,3 +308,40 @@ def clip_to_official(model) -> dict[str, torch.Tensor]:  # type: ignore[no-untyp
     out["textual.token_embedding.weight"] = torch.randn(10, 8)
     out["log_scale"] = torch.tensor(4.6)
     return out
+
+
+# -- whole pipelines ---------------------------------------------------------------------------------------------------
+
+
+def write_diffusers_pipeline(root: Path, task: str, seed: int = 0) -> Path:
+    """A complete tiny Diffusers pipeline folder, written by diffusers' own save_pretrained.
+
+    DiT: 2 layers of width 256 with text_dim 64 (= the tiny UMT5's d_model); VAE of width 8; for i2v/flf2v a CLIP
+    tower of the real width 1280 (the DiT's image projection takes 1280) with 2 blocks.
+    """
+    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+    from transformers import CLIPImageProcessor
+
+    from wan_cli.engine.conditioning import load_tokenizer
+
+    dit = random_dit(tiny_dit_config(task), seed=seed)
+    vae = random_vae(tiny_vae_config(), seed=seed)
+    parts = {
+        "transformer": to_diffusers_dit(dit),
+        "vae": to_diffusers_vae(vae),
+        "text_encoder": tiny_umt5(seed),
+        "tokenizer": load_tokenizer(tiny_spiece_model(root.parent / f"{root.name}-spm")),
+        "scheduler": UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                                             solver_order=2, solver_type="bh2", predict_x0=True,
+                                             lower_order_final=True, final_sigmas_type="zero"),
+    }  # fmt: skip
+    if task == "t2v":
+        pipe = WanPipeline(**parts)
+    else:
+        clip = tiny_clip(hidden=1280, layers=2, seed=seed)
+        processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224},
+                                       image_mean=[0.48145466, 0.4578275, 0.40821073],
+                                       image_std=[0.26862954, 0.26130258, 0.27577711], resample=3)  # fmt: skip
+        pipe = WanImageToVideoPipeline(**parts, image_encoder=clip, image_processor=processor)
+    pipe.save_pretrained(str(root))
+    return root

@@ -274,7 +274,7 @@ def test_missing_shard(tmp: Path) -> None:
 def test_wrong_model_type_is_refused(tmp: Path) -> None:
     path = write_comfy_dit(random_dit(tiny_dit_config("i2v")), tmp / "i2v.safetensors")
     assert load_transformer(path, model_type="i2v").config.model_type == "i2v"
-    with pytest.raises(CheckpointError, match=r"is a i2v model \(custom\), not a t2v model"):
+    with pytest.raises(CheckpointError, match=r"is an i2v model \(custom\), not a t2v model"):
         load_transformer(path, model_type="t2v")
 
 

@@ -95,3 +95,16 @@ def test_cli_reference_is_current() -> None:
     """docs/cli.md is generated from --help (`make docs`); a stale copy fails here and in `make lint`."""
     doc = Path(__file__).parents[1] / "docs" / "cli.md"
     assert doc.read_text() == render()
+
+
+def test_help_does_not_import_torch() -> None:
+    """`wan --help` and usage errors stay instant: the engine (torch, transformers) is imported lazily."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from wan_cli.cli.app import app\n"
+        "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

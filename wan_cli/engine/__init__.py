@@ -1,25 +1,45 @@
-"""The engine: Wan 2.1 networks, checkpoint loading and (later) sampling. The CLI and benchmarks use only this API.
+"""The engine: Wan 2.1 networks, checkpoint loading and sampling. The CLI and benchmarks use only this API.
 
 - ``load_transformer(path, *, device, dtype)`` → :class:`WanModel` (the DiT; ``forward(x, timestep, context,
   clip_fea=None, y=None)`` → velocity).
 - ``load_vae(path, *, device, dtype)`` → :class:`WanVAE` (``encode``, ``decode``, ``stream_encoder``,
   ``stream_decoder``).
 - ``inspect_checkpoint(path)`` → :class:`CheckpointInfo` (what a file or folder holds, without loading it).
+- ``load_text_encoder`` / ``load_image_encoder`` → UMT5 and CLIP (transformers models) from any layout.
+- ``generate(GenerationRequest)`` → :class:`GenerationResult` (latents + a frame stream); a :class:`Pipeline`
+  keeps models loaded across a batch.
+
+Names are imported lazily (PEP 562), so importing ``wan_cli.engine.errors`` (as the CLI does for `--help`) does
+not pull in torch.
 """
 
-from .checkpoints import CheckpointInfo, inspect_checkpoint, load_transformer, load_vae
-from .errors import CheckpointError, InputError, WanError
-from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
-from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "checkpoints": ("CheckpointInfo", "inspect_checkpoint", "load_transformer", "load_vae"),
+    "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
+    "errors": ("CheckpointError", "InputError", "WanError"),
+    "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
+    "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
+    "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "DIT_CONFIGS",
     "CheckpointError",
     "CheckpointInfo",
     "FeatureCache",
+    "GenerationRequest",
+    "GenerationResult",
+    "ImageEncoder",
     "InputError",
+    "Pipeline",
     "StreamDecoder",
     "StreamEncoder",
+    "TextEncoder",
     "Tiling",
     "WanDiTConfig",
     "WanError",
@@ -27,7 +47,26 @@ __all__ = [
     "WanVAE",
     "WanVAEConfig",
     "check_frame_count",
+    "generate",
     "inspect_checkpoint",
+    "load_image_encoder",
+    "load_text_encoder",
     "load_transformer",
     "load_vae",
 ]
+assert set(_WHERE) == set(__all__)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+
+
+if TYPE_CHECKING:
+    from .checkpoints import CheckpointInfo, inspect_checkpoint, load_transformer, load_vae
+    from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
+    from .errors import CheckpointError, InputError, WanError
+    from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
+    from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
+    from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count

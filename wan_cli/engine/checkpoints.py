@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 
 from .errors import CheckpointError
-from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, build_transformer
+from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
 from .vae import WanVAE, WanVAEConfig, build_vae
 
 Kind = Literal["dit", "vae", "text_encoder", "clip", "unknown"]
@@ -559,8 +559,8 @@ def load_transformer(
     plan = _DiTPlan(path)
     if model_type is not None and plan.config.model_type != model_type:
         raise CheckpointError(
-            f"{plan.src.name} is a {plan.config.model_type} model ({dit_variant_name(plan.config)}), "
-            f"not a {model_type} model",
+            f"{plan.src.name} is {a_model(plan.config.model_type)} ({dit_variant_name(plan.config)}), "
+            f"not {a_model(model_type)}",
             hint=f"pass a {model_type} checkpoint (`wan inspect PATH` tells what a file holds)",
         )
     model = build_transformer(plan.config)
@@ -573,6 +573,11 @@ def load_transformer(
     }
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def peek_transformer_config(path: str | Path) -> WanDiTConfig:
+    """The DiT's configuration from its headers (and config.json): nothing heavy is read."""
+    return _DiTPlan(path).config
 
 
 class _VAEPlan:

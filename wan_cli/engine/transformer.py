@@ -83,6 +83,11 @@ class WanDiTConfig:
         return asdict(self)
 
 
+def a_model(model_type: str) -> str:
+    """'a t2v model', 'an i2v model', 'an flf2v model' (for messages)."""
+    return f"{'a' if model_type == 't2v' else 'an'} {model_type} model"
+
+
 # The released variants (wan21-architecture.md §1.1). I2V 480P and 720P share one architecture.
 DIT_CONFIGS: dict[str, WanDiTConfig] = {
     "t2v-1.3B": WanDiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
