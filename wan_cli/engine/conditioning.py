@@ -67,12 +67,17 @@ T5_OFFICIAL_TO_HF: tuple[tuple[str, str], ...] = (
 _T5_IGNORED = re.compile(r"^(spiece_model|encoder\.embed_tokens\.weight)$")  # tokenizer bytes; the tied embedding alias
 
 
-def t5_official_to_hf(key: str) -> str:
-    for pattern, repl in T5_OFFICIAL_TO_HF:
-        key, n = re.subn(pattern, repl, key)
+def _rename_first(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
+    """The key renamed by the first rule that matches it, or None."""
+    for pattern, repl in table:
+        new, n = re.subn(pattern, repl, key)
         if n:
-            return key
-    return key
+            return new
+    return None
+
+
+def t5_official_to_hf(key: str) -> str:
+    return _rename_first(key, T5_OFFICIAL_TO_HF) or key
 
 
 def _umt5_config_from_shapes(src: TensorSource) -> Any:
@@ -205,20 +210,23 @@ def load_text_encoder(
 _HF_PREFIX = "vision_model."  # transformers 4.x CLIPVisionModel (and ComfyUI files) put the tower under this name
 _CLIP_IGNORED = re.compile(r"^(textual\.|log_scale$|visual\.head$|visual_projection\.)")
 
+# checkpoint-formats.md §5.2: Wan's open-clip names → HF CLIPVisionModel names. Three tensors need more than a
+# rename and are handled in _clip_official_to_hf: cls/pos embeddings (reshaped) and the fused qkv (split).
+CLIP_OFFICIAL_TO_HF: tuple[tuple[str, str], ...] = (
+    (r"^visual\.patch_embedding\.", "embeddings.patch_embedding."),
+    (r"^visual\.pre_norm\.", "pre_layrnorm."),
+    (r"^visual\.post_norm\.", "post_layernorm."),
+    (r"^visual\.transformer\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
+    (r"^visual\.transformer\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
+    (r"^visual\.transformer\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
+    (r"^visual\.transformer\.(\d+)\.mlp\.0\.", r"encoder.layers.\1.mlp.fc1."),
+    (r"^visual\.transformer\.(\d+)\.mlp\.2\.", r"encoder.layers.\1.mlp.fc2."),
+)
+
 
 def _clip_official_to_hf(src: TensorSource) -> dict[str, torch.Tensor]:
-    """checkpoint-formats.md §5.2: Wan's open-clip names → HF CLIPVisionModel names (visual tower only)."""
+    """The visual tower of Wan's open-clip .pth under HF names (tensors are views: nothing is copied)."""
     out: dict[str, torch.Tensor] = {}
-    simple = (
-        (r"^visual\.patch_embedding\.", "embeddings.patch_embedding."),
-        (r"^visual\.pre_norm\.", "pre_layrnorm."),
-        (r"^visual\.post_norm\.", "post_layernorm."),
-        (r"^visual\.transformer\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-        (r"^visual\.transformer\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-        (r"^visual\.transformer\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-        (r"^visual\.transformer\.(\d+)\.mlp\.0\.", r"encoder.layers.\1.mlp.fc1."),
-        (r"^visual\.transformer\.(\d+)\.mlp\.2\.", r"encoder.layers.\1.mlp.fc2."),
-    )
     for key in src:
         if _CLIP_IGNORED.search(key):
             continue
@@ -231,13 +239,7 @@ def _clip_official_to_hf(src: TensorSource) -> dict[str, torch.Tensor]:
             for name, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0), strict=True):
                 out[f"encoder.layers.{m.group(1)}.self_attn.{name}.{m.group(2)}"] = part
         else:
-            for pattern, repl in simple:
-                new, n = re.subn(pattern, repl, key)
-                if n:
-                    out[new] = t
-                    break
-            else:
-                out[key] = t  # unknown: left for the strict check to report
+            out[_rename_first(key, CLIP_OFFICIAL_TO_HF) or key] = t  # unknown names: the strict check reports them
     return out
 
 
