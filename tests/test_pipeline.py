@@ -202,6 +202,17 @@ def test_batched_and_sequential_cfg_agree(t2v_folder: Path) -> None:
     assert rel_err(batched.latents, sequential.latents) <= 1e-5
 
 
+def test_split_component_files(t2v_folder: Path) -> None:
+    """ComfyUI-style: no checkpoint folder, one path per component (here the Diffusers sub-folders)."""
+    kw = {"width": 64, "height": 64, "frames": 5, "steps": 2, "seed": 3}
+    whole = Pipeline().generate(GenerationRequest(prompt=PROMPT, model=t2v_folder, **kw))  # type: ignore[arg-type]
+    split = GenerationRequest(prompt=PROMPT, dit=t2v_folder / "transformer", vae=t2v_folder / "vae",
+                              text_encoder=t2v_folder / "text_encoder", tokenizer=t2v_folder / "tokenizer", **kw)  # type: ignore[arg-type]  # fmt: skip
+    assert torch.equal(Pipeline().generate(split).latents, whole.latents)
+    with pytest.raises(InputError, match="no weights given for: vae"):
+        Pipeline().generate(GenerationRequest(prompt=PROMPT, dit=t2v_folder, text_encoder=t2v_folder, **kw))  # type: ignore[arg-type]
+
+
 def test_result_stream_seed_and_settings(t2v_folder: Path) -> None:
     req = GenerationRequest(prompt=PROMPT, model=t2v_folder, width=64, height=48, frames=9, steps=2)
     seen: list[tuple[str, int, int]] = []

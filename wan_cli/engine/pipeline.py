@@ -405,10 +405,13 @@ class Pipeline:
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
         validate(request)
-        root = str(request.model)
-        paths = {name: str(getattr(request, name) or root) for name in ("dit", "vae", "text_encoder", "image_encoder")}
-        if not all(paths.values()):
-            raise InputError("no model given", hint="pass a checkpoint folder, or every component's file")
+        root = str(request.model or "")
+        needed = ("dit", "vae", "text_encoder") + (("image_encoder",) if request.task != "t2v" else ())
+        paths = {name: str(getattr(request, name) or root) for name in needed}
+        missing = [name for name, p in paths.items() if not p]
+        if missing:
+            raise InputError(f"no weights given for: {', '.join(missing)}",
+                             hint="pass a checkpoint folder, or a file for each component")  # fmt: skip
         dit_cfg = peek_transformer_config(paths["dit"])  # headers only: is it the right model for the task?
         if dit_cfg.model_type != request.task:
             raise InputError(
