@@ -310,6 +310,68 @@ def clip_to_official(model) -> dict[str, torch.Tensor]:  # type: ignore[no-untyp
     return out
 
 
+def write_comfy_t5(model, path: Path, spm: Path, precision: str = "fp16") -> Path:  # type: ignore[no-untyped-def]
+    """A ComfyUI umt5_xxl file: HF names, fp16 or scaled fp8, the tokenizer embedded as a ``spiece_model`` tensor."""
+    out: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        if k == "encoder.embed_tokens.weight":
+            continue
+        if precision == "fp8_scaled" and k.endswith(".weight") and "layer_norm" not in k and k != "shared.weight":
+            q, scale = quantize_fp8(v, scaled=True)
+            out[k], out[k.removesuffix(".weight") + ".scale_weight"] = q, scale  # type: ignore[assignment]
+        else:
+            out[k] = v.to(torch.float16).contiguous()
+    if precision == "fp8_scaled":
+        out["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    out["spiece_model"] = torch.frombuffer(bytearray(spm.read_bytes()), dtype=torch.uint8)
+    save_file(out, str(path))
+    return path
+
+
+# -- whole models ------------------------------------------------------------------------------------------------------
+
+
+def _tiny_parts(task: str, seed: int):  # type: ignore[no-untyped-def]
+    """The tiny DiT (text_dim 64 = the tiny UMT5's width), VAE, UMT5 and, for image tasks, a 1280-wide CLIP."""
+    dit = random_dit(tiny_dit_config(task), seed=seed)
+    vae = random_vae(tiny_vae_config(), seed=seed)
+    clip = tiny_clip(hidden=1280, layers=2, seed=seed) if task != "t2v" else None
+    return dit, vae, tiny_umt5(seed), clip
+
+
+def write_official_model(root: Path, task: str, seed: int = 0) -> Path:
+    """An official Wan-AI folder: DiT safetensors + config.json, T5 and VAE .pth, google/umt5-xxl/, CLIP .pth."""
+    from wan_cli.engine.conditioning import load_tokenizer
+
+    dit, vae, t5, clip = _tiny_parts(task, seed)
+    write_official_dit(dit, root)
+    write_official_vae(vae, root / "Wan2.1_VAE.pth")
+    official = {o: v for k, v in t5.state_dict().items() if (o := umt5_hf_to_official(k)) is not None}
+    torch.save(official, root / "models_t5_umt5-xxl-enc-bf16.pth")
+    spm = tiny_spiece_model(root.parent / f"{root.name}-spm")
+    load_tokenizer(spm).save_pretrained(str(root / "google" / "umt5-xxl"))
+    if clip is not None:
+        torch.save(clip_to_official(clip), root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    return root
+
+
+def write_comfy_model(root: Path, task: str, seed: int = 0, precision: str = "bf16") -> dict[str, Path]:
+    """ComfyUI split files, named as in the repack: diffusion model, umt5 (fp16, embedded tokenizer), VAE, CLIP."""
+    dit, vae, t5, clip = _tiny_parts(task, seed)
+    root.mkdir(parents=True, exist_ok=True)
+    files = {
+        "dit": write_comfy_dit(dit, root / f"wan2.1_{task}_tiny_{precision}.safetensors", precision),
+        "vae": write_comfy_vae(vae, root / "wan_2.1_vae.safetensors"),
+        "text_encoder": write_comfy_t5(t5, root / "umt5_xxl_fp16.safetensors", tiny_spiece_model(root / "spm")),
+    }
+    if clip is not None:
+        state = {"vision_model." + k: v.half() for k, v in clip_hf_state(clip).items()}
+        state["visual_projection.weight"] = torch.randn(1024, 1280).half()
+        save_file(state, str(root / "clip_vision_h.safetensors"))
+        files["image_encoder"] = root / "clip_vision_h.safetensors"
+    return files
+
+
 # -- whole pipelines ---------------------------------------------------------------------------------------------------
 
 

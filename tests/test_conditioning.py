@@ -10,12 +10,12 @@ from builders import (
     CORPUS,
     clip_hf_state,
     clip_to_official,
-    quantize_fp8,
     rel_err,
     tiny_clip,
     tiny_spiece_model,
     tiny_umt5,
     umt5_hf_to_official,
+    write_comfy_t5,
 )
 from safetensors.torch import save_file
 
@@ -87,31 +87,14 @@ def test_diffusers_text_encoder_folder(spm_folder: Path, tmp: Path) -> None:
         _compare(enc.encode(PROMPTS), _reference_embeddings(model, enc.tokenizer, PROMPTS), 1e-5)
 
 
-def _comfy_t5_file(model, path: Path, spm: Path, precision: str) -> Path:  # type: ignore[no-untyped-def]
-    out: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        if k == "encoder.embed_tokens.weight":
-            continue
-        if precision == "fp8_scaled" and k.endswith(".weight") and "layer_norm" not in k and k != "shared.weight":
-            q, scale = quantize_fp8(v, scaled=True)
-            out[k], out[k.removesuffix(".weight") + ".scale_weight"] = q, scale  # type: ignore[assignment]
-        else:
-            out[k] = v.to(torch.float16).contiguous()
-    if precision == "fp8_scaled":
-        out["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    out["spiece_model"] = torch.frombuffer(bytearray(spm.read_bytes()), dtype=torch.uint8)
-    save_file(out, str(path))
-    return path
-
-
 def test_comfyui_text_encoder_files(spm_folder: Path, tmp: Path) -> None:
     model = tiny_umt5(seed=3)
     spm = tiny_spiece_model(tmp / "spm")
     want = _reference_embeddings(model, load_tokenizer(spm_folder), PROMPTS)
-    fp16 = load_text_encoder(_comfy_t5_file(model, tmp / "umt5_xxl_fp16.safetensors", spm, "fp16"),
+    fp16 = load_text_encoder(write_comfy_t5(model, tmp / "umt5_xxl_fp16.safetensors", spm, "fp16"),
                              dtype=torch.float32)  # fmt: skip
     _compare(fp16.encode(PROMPTS), want, 5e-3)
-    fp8 = load_text_encoder(_comfy_t5_file(model, tmp / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", spm, "fp8_scaled"),
+    fp8 = load_text_encoder(write_comfy_t5(model, tmp / "umt5_xxl_fp8_e4m3fn_scaled.safetensors", spm, "fp8_scaled"),
                             dtype=torch.float32)  # fmt: skip
     errs = [rel_err(g, w) for g, w in zip(fp8.encode(PROMPTS), fp16.encode(PROMPTS), strict=True)]
     assert 1e-4 < max(errs) < 0.1, errs  # fp8 quantisation error: visible, bounded
@@ -119,7 +102,7 @@ def test_comfyui_text_encoder_files(spm_folder: Path, tmp: Path) -> None:
 
 def test_tokenizer_from_embedded_spiece_model_matches_the_folder(spm_folder: Path, tmp: Path) -> None:
     spm = tiny_spiece_model(tmp / "spm")
-    path = _comfy_t5_file(tiny_umt5(), tmp / "umt5.safetensors", spm, "fp16")
+    path = write_comfy_t5(tiny_umt5(), tmp / "umt5.safetensors", spm, "fp16")
     embedded = load_text_encoder(path).tokenizer
     folder = load_tokenizer(spm_folder)
     for text in [*CORPUS, *PROMPTS, "unseen words: zebra quartz 1234"]:

@@ -24,7 +24,7 @@ def test_wheel_ships_presets_and_entry_point(tmp: Path) -> None:
     presets = sorted(p.name for p in (ROOT / "presets").glob("*.yaml"))
     assert len(presets) == 6
     for name in presets:
-        assert f"wan_cli/presets/{name}" in names
+        assert f"wan_cli/preset_data/{name}" in names
     for module in ("wan_cli/engine/transformer.py", "wan_cli/engine/vae.py", "wan_cli/cli/app.py", "wan_cli/py.typed"):
         assert module in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
@@ -35,5 +35,5 @@ def test_wheel_ships_presets_and_entry_point(tmp: Path) -> None:
 def test_presets_are_importable_package_data() -> None:
     from importlib.resources import files
 
-    shipped = sorted(p.name for p in files("wan_cli.presets").iterdir() if p.name.endswith(".yaml"))
+    shipped = sorted(p.name for p in files("wan_cli.preset_data").iterdir() if p.name.endswith(".yaml"))
     assert shipped == sorted(p.name for p in (ROOT / "presets").glob("*.yaml"))

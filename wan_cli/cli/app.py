@@ -65,6 +65,26 @@ def inspect(
     emit_line(f"  files         {len(info.files)}")
 
 
+# -- command modules: one module per command group; each function below is one `wan` command -------------------
+# (imported after `app` exists; the modules import nothing from this file)
+# [download/models: wan_cli/cli/models.py]
+from . import models as _models  # noqa: E402
+
+app.command("download")(_models.download)
+app.command("models")(_models.models)
+
+from . import generate as _generate  # noqa: E402
+from . import info as _info  # noqa: E402
+from . import vae as _vae  # noqa: E402
+
+app.command("t2v")(_generate.t2v)
+app.command("i2v")(_generate.i2v)
+app.command("encode")(_vae.encode)
+app.command("decode")(_vae.decode)
+app.add_typer(_info.presets_app, name="presets")
+app.command("env")(_info.env)
+
+
 def main() -> None:
     from ..engine.memory import tune_host_allocator
 

@@ -20,3 +20,56 @@ def emit_json(record: dict[str, Any]) -> None:
 def emit_line(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+class Progress:
+    """Phase-by-phase progress on stderr (a spinner, then a bar with ETA for steps and frames).
+
+    Off when stderr is not a terminal or in --json / --quiet mode: then every method is a no-op."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+        self._task: Any = None
+        self._phase = ""
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=stderr, transient=True,
+            )  # fmt: skip
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+    def phase(self, description: str, total: int | None = None) -> None:
+        """Start a phase (the previous one is finished); ``total=None`` shows a spinner."""
+        self._phase = description
+        if self._bar is None:
+            return
+        if self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task = self._bar.add_task(description, total=total)
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        """The engine's callback: (phase, done, total); a new phase name starts a new bar."""
+        if self._bar is None:
+            return
+        if phase != self._phase:
+            self.phase(phase, total)
+        self._bar.update(self._task, completed=done, total=total)

@@ -1,0 +1,126 @@
+"""`wan encode` / `wan decode`: MP4 → latents → MP4 through the streaming VAE, checked against diffusers'
+AutoencoderKLWan (an independent implementation) and ffprobe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from builders import random_vae, rel_err, tiny_vae_config, to_diffusers_vae, write_comfy_vae
+from ffprobe import probe
+from typer.testing import CliRunner
+
+from wan_cli.cli import vae as vae_cmd
+from wan_cli.cli.app import app
+from wan_cli.engine.latents import load_latents
+from wan_cli.engine.video import VideoReader, VideoWriter, read_metadata
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def vae_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    vae = random_vae(tiny_vae_config(), seed=7)
+    path = write_comfy_vae(vae, tmp_path_factory.mktemp("vae") / "wan_2.1_vae.safetensors", torch.float32)
+    return path, to_diffusers_vae(vae)
+
+
+def moving_video(path: Path, frames: int, w: int = 80, h: int = 48) -> Path:
+    """A smooth moving gradient (compresses well, so H.264 keeps it close)."""
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    with VideoWriter(path, w, h, 16) as writer:
+        for k in range(frames):
+            r, g = torch.sin(3 * xs + 0.2 * k), torch.cos(2 * ys - 0.1 * k)
+            writer.write(torch.stack([r, g, (r * g)])[:, None] * 0.8)
+    return path
+
+
+def _diffusers_encode(ref, video: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    mean = torch.tensor(ref.config.latents_mean).view(1, 16, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(ref.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        return ((ref.encode(video).latent_dist.mode() - mean) * inv_std)[0]
+
+
+def test_encode_matches_diffusers_on_the_same_frames(vae_pair, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    vae_path, ref = vae_pair
+    video = moving_video(tmp / "in.mp4", 19)
+    out = tmp / "lat.safetensors"
+    result = runner.invoke(app, ["encode", str(video), "-o", str(out), "--vae", str(vae_path), "--size", "64x32"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    assert "encoded 17 of 19 frames" in result.stderr  # 4k+1: the tail is dropped, and said so
+    lat = load_latents(out)
+    assert lat.latents.shape == (16, 5, 4, 8) and lat.latents.dtype == torch.float32
+    assert (lat.frames, lat.width, lat.height, lat.fps) == (17, 64, 32, 16.0)
+    assert lat.source == str(video) and lat.record["frames"] == 17
+    with VideoReader(video, size=(64, 32), max_frames=17) as reader:  # the same frames, read whole
+        frames = torch.cat(list(reader.chunks(100)), dim=1)
+    want = _diffusers_encode(ref, frames[None])
+    assert rel_err(lat.latents, want) <= 1e-5, rel_err(lat.latents, want)
+
+
+def test_encode_streams_in_fixed_chunks(vae_pair, tmp: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The encoder is fed at most CHUNK_FRAMES frames at a time, whatever the video's length."""
+    from wan_cli.engine.vae import StreamEncoder
+
+    seen: list[int] = []
+    real_push = StreamEncoder.push
+
+    def spy(self, frames):  # type: ignore[no-untyped-def]
+        seen.append(frames.shape[2])
+        return real_push(self, frames)
+
+    monkeypatch.setattr(StreamEncoder, "push", spy)
+    monkeypatch.setattr(vae_cmd, "CHUNK_FRAMES", 8)
+    video = moving_video(tmp / "long.mp4", 65, w=32, h=32)
+    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp / "l.safetensors"), "--vae", str(vae_pair[0])])
+    assert result.exit_code == 0, result.output
+    assert sum(seen) == 65 and max(seen) == 8 and len(seen) == 9
+    assert load_latents(tmp / "l.safetensors").latents.shape == (16, 17, 4, 4)
+
+
+def test_decode_writes_the_decoded_frames(vae_pair, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    vae_path, ref = vae_pair
+    video = moving_video(tmp / "in.mp4", 17)
+    lat_path = tmp / "lat.safetensors"
+    assert runner.invoke(app, ["encode", str(video), "-o", str(lat_path), "--vae", str(vae_path), "--size",
+                               "64x32"]).exit_code == 0  # fmt: skip
+    out = tmp / "out.mp4"
+    result = runner.invoke(app, ["decode", str(lat_path), "-o", str(out), "--vae", str(vae_path), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    info = probe(out)
+    assert (info["codec_name"], info["pix_fmt"], info["width"], info["height"]) == ("h264", "yuv420p", 64, 32)
+    assert info["frames"] == 17 and float(info["fps"]) == 16.0
+    assert read_metadata(out) == record and record["source"] == str(lat_path)
+    lat = load_latents(lat_path)
+    mean = torch.tensor(ref.config.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(ref.config.latents_std).view(1, 16, 1, 1, 1)
+    with torch.no_grad():
+        want = ref.decode(lat.latents[None] * std + mean).sample[0].clamp(-1, 1)  # [3, 17, 32, 64]
+    ref_mp4 = tmp / "ref.mp4"
+    with VideoWriter(ref_mp4, 64, 32, 16) as writer:  # diffusers' frames through the same encoder settings
+        writer.write(want)
+    with VideoReader(out) as a, VideoReader(ref_mp4) as b:
+        got, ref_frames = torch.cat(list(a.chunks(100)), dim=1), torch.cat(list(b.chunks(100)), dim=1)
+    # Both files went through H.264; their decoders' outputs differ by ~1e-6, so the files must agree far inside the
+    # compression error (which is ~0.09 mean on random-weight VAE output: noise-like textures).
+    err = (got - ref_frames).abs().mean().item()
+    assert got.shape == (3, 17, 32, 64) and err < 0.005, err
+
+
+def test_decode_finishes_a_generation_and_takes_fps(vae_pair, tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    from wan_cli.engine.latents import save_latents
+
+    lat = tmp / "gen.safetensors"
+    save_latents(lat, torch.randn(16, 3, 4, 6) * 0.5, fps=16, source="t2v", model="tiny", record={"seed": 5})
+    out = tmp / "gen.mp4"
+    result = runner.invoke(app, ["decode", str(lat), "-o", str(out), "--vae", str(vae_pair[0]), "--fps", "24", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n" and result.stderr == ""
+    info = probe(out)
+    assert info["frames"] == 9 and float(info["fps"]) == 24.0 and (info["width"], info["height"]) == (48, 32)
+    assert read_metadata(out)["generation"] == {"seed": 5}

@@ -1,0 +1,153 @@
+"""`wan presets list|show` and `wan env`: what the tool will do, and what it runs on (for bug reports)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Annotated, Any
+
+import typer
+
+from .. import __version__
+from ..presets import DEFAULTS, list_presets, load_preset, preset_files, resolve
+from .errors import run_guarded
+from .output import emit_json, emit_line, stderr
+
+presets_app = typer.Typer(
+    help="The settings bundles for each model and size.\n\nExamples:\n\n  wan presets list\n\n"
+    '  wan presets show t2v-14b-720p\n\n  wan t2v "a cat" -p my-settings.yaml',
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@presets_app.command("list")
+def presets_list(json_out: JsonOpt = False) -> None:
+    """Every preset: shipped ones and those in $WAN_CLI_HOME/presets/."""
+
+    def collect() -> list[dict[str, Any]]:
+        where = preset_files()
+        rows = []
+        for name in list_presets():
+            _, values = load_preset(name)
+            rows.append({"name": name, "description": values.description, "file": str(where[name]),
+                         **values.model_dump(exclude_none=True, exclude={"description"})})  # fmt: skip
+        return rows
+
+    rows = run_guarded(collect, stderr)
+    if json_out:
+        emit_json({"presets": rows})
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        emit_line(f"{r['name']:<{width}}  {r.get('description') or ''}")
+
+
+@presets_app.command("show")
+def presets_show(
+    name: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset name or a YAML file.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """The values a preset sets, merged over the built-in defaults (what a run with `-p NAME` starts from)."""
+    preset_name, values = run_guarded(lambda: load_preset(name), stderr)
+    merged = resolve(values, preset=preset_name).model_dump()
+    merged["size"] = "{}x{}".format(*merged["size"])
+    own = set(values.model_dump(exclude_none=True)) - {"description"}
+    if json_out:
+        emit_json({"name": preset_name, "description": values.description, "values": merged, "set": sorted(own)})
+        return
+    if values.description:
+        emit_line(f"# {preset_name}: {values.description}")
+    for key, value in merged.items():
+        if key == "preset" or (value is None and key not in own):
+            continue
+        note = "" if key in own else "  # default"
+        emit_line(f"{key}: {value}{note}")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    from ..paths import hf_cache, wan_home
+
+    info: dict[str, Any] = {
+        "wan": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": {
+            d: _version(d)
+            for d in (
+                "torch",
+                "transformers",
+                "safetensors",
+                "huggingface_hub",
+                "imageio-ffmpeg",
+                "typer",
+                "pydantic",
+                "diffusers",
+            )
+        },
+    }
+    try:
+        import imageio_ffmpeg
+
+        info["ffmpeg"] = {"path": imageio_ffmpeg.get_ffmpeg_exe(), "version": imageio_ffmpeg.get_ffmpeg_version()}
+    except Exception as exc:  # a broken ffmpeg is exactly what a bug report needs to show
+        info["ffmpeg"] = {"error": str(exc)}
+    import torch
+
+    devices: list[dict[str, Any]] = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            devices.append({"device": f"cuda:{i}", "name": p.name, "memory_gb": round(p.total_memory / 2**30, 1),
+                            "capability": f"{p.major}.{p.minor}"})  # fmt: skip
+    if torch.backends.mps.is_available():
+        devices.append({"device": "mps", "name": "Apple GPU"})
+    devices.append(
+        {"device": "cpu", "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    )
+    info["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda, "devices": devices}
+    info["paths"] = {"hf_cache": str(hf_cache()), "wan_home": str(wan_home())}
+    shown = {}
+    for key in sorted(os.environ):
+        if key.startswith(("WAN_", "HF_", "HUGGINGFACE_")):
+            secret = "TOKEN" in key
+            shown[key] = "(set)" if secret else os.environ[key]
+    info["env"] = shown
+    info["defaults"] = DEFAULTS.model_dump(exclude_none=True)
+    return info
+
+
+def env(json_out: JsonOpt = False) -> None:
+    """Versions, devices, cache paths and WAN_/HF_ variables — paste this into bug reports (tokens are masked).
+
+    Example: wan env --json
+    """
+    info = run_guarded(environment, stderr)
+    if json_out:
+        emit_json(info)
+        return
+    emit_line(f"wan {info['wan']}  python {info['python']}  {info['platform']}")
+    emit_line("packages: " + ", ".join(f"{k} {v}" for k, v in info["packages"].items() if v))
+    ff = info["ffmpeg"]
+    emit_line(f"ffmpeg: {ff.get('version', '?')} ({ff.get('path', ff.get('error'))})")
+    t = info["torch"]
+    emit_line(f"torch {t['version']} (CUDA {t['cuda'] or 'none'})")
+    for d in t["devices"]:
+        extra = f", {d['memory_gb']} GiB, sm {d['capability']}" if "memory_gb" in d else ""
+        emit_line(f"  {d['device']}: {d['name']}{extra}")
+    emit_line(f"HF cache: {info['paths']['hf_cache']}")
+    emit_line(f"wan home: {info['paths']['wan_home']}")
+    for k, v in info["env"].items():
+        emit_line(f"  {k}={v}")

@@ -1,0 +1,236 @@
+"""`wan encode` and `wan decode`: the VAE round trip between MP4 files and latents files, streamed.
+
+encode: ffmpeg decodes (and resizes/crops) chunk by chunk → the causal VAE's StreamEncoder → latent frames (only
+the latents, 1/48 of the pixels, are kept until the file is written). decode: latent frame by latent frame through
+the StreamDecoder into the MP4 writer. Memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .. import __version__
+from ..engine.errors import InputError
+from ..presets import Values, env_values
+from .errors import UsageError, run_guarded
+from .output import Progress, emit_json, emit_line, stderr
+
+if TYPE_CHECKING:
+    from ..engine.vae import WanVAE
+
+CHUNK_FRAMES = 16  # frames read from ffmpeg at a time: 4 latent frames; memory ∝ this, not the video length
+
+ModelOpt = Annotated[str | None, typer.Option("-m", "--model", metavar="NAME|PATH", show_default=False,
+                     help="Whose VAE: a model name, a checkpoint folder, or a VAE file (all Wan 2.1 models share "
+                     "one VAE). Default: WAN_MODEL, else 1.3b-t2v.")]  # fmt: skip
+VaeOpt = Annotated[Path | None, typer.Option("--vae", metavar="PATH", show_default=False,
+                   help="A VAE weights file, overriding the model's.")]  # fmt: skip
+DeviceOpt = Annotated[str | None, typer.Option("--device", metavar="auto|cuda|cpu|mps", show_default=False,
+                      help="Where to run the VAE. Env: WAN_DEVICE.")]  # fmt: skip
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON record instead of the path.")]
+QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the output path; no progress.")]
+
+
+def _load_vae(model: str | None, vae: Path | None, device: str | None) -> tuple[WanVAE, str, str]:
+    """The VAE (fp32, as official) on the chosen device → (vae, weights path, model label)."""
+    from ..engine.checkpoints import load_vae
+    from ..hub import resolve_model
+    from .generate import pick_device
+
+    env = env_values()
+    try:
+        dev = Values.model_validate({"device": device}).device if device else env.device
+    except Exception:
+        raise UsageError(f"invalid value for --device: {device!r}", hint="use auto, cuda, cpu or mps") from None
+    spec = model or env.model or "1.3b-t2v"
+    if vae is not None:
+        path, label = vae, str(vae)
+    else:
+        files = resolve_model(spec)
+        found = files.vae or files.root or files.dit
+        if found is None:
+            raise InputError(f"{spec} has no VAE weights", hint="pass the VAE file with --vae PATH")
+        path, label = found, files.name or spec
+    return load_vae(path, device=pick_device(dev or "auto")), str(path), label
+
+
+def _mode(json_out: bool, quiet: bool) -> bool:
+    if json_out and quiet:
+        raise UsageError("--json and --quiet cannot be used together", hint="pick one")
+    return not (json_out or quiet)
+
+
+def _finish(record: dict[str, Any], json_out: bool, human: bool, what: str) -> None:
+    if json_out:
+        emit_json(record)
+    else:
+        emit_line(record["output"])
+    if human:
+        stderr.print(f"{what} {record['output']} in {record['timings']['total_s']:.1f} s", markup=False)
+
+
+def encode(
+    video: Annotated[Path, typer.Argument(metavar="VIDEO", help="Any video ffmpeg can read.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", metavar="LAT.safetensors", help="Where to write the latents.")
+    ],
+    model: ModelOpt = None,
+    size: Annotated[
+        str | None,
+        typer.Option(
+            "--size",
+            metavar="WxH",
+            show_default=False,
+            help="Scale to cover and centre-crop to this size (multiples of 16). Default: the video's "
+            "size, cropped to multiples of 16.",
+        ),
+    ] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option(
+            "--frames",
+            show_default=False,
+            help="Encode the first N frames (4n+1). Default: all, down to the nearest 4n+1.",
+        ),
+    ] = None,
+    vae: VaeOpt = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Video → latents (safetensors, `latents` [16, F, H/8, W/8], normalised).
+
+    Examples:
+
+      wan encode clip.mp4 -o clip.safetensors
+
+      wan encode clip.mp4 -o clip.safetensors --size 832x480 --frames 81
+    """
+    run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet), stderr)
+
+
+def _encode(video: Path, output: Path, model: str | None, size: str | None, frames: int | None, vae: Path | None,
+            device: str | None, force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
+    import torch
+
+    from ..engine.latents import save_latents
+    from ..engine.vae import check_frame_count
+    from ..engine.video import VideoReader, check_output_path
+
+    human = _mode(json_out, quiet)
+    wh = None
+    if size is not None:
+        try:
+            wh = Values.model_validate({"size": size}).size
+        except Exception as exc:
+            raise UsageError(f"invalid value for --size: {size!r}", hint="e.g. 832x480 (multiples of 16)") from exc
+    if frames is not None:
+        try:
+            check_frame_count(frames)
+        except InputError as exc:
+            raise UsageError(f"invalid value for --frames: {exc.message}", hint=exc.hint) from None
+    check_output_path(output, force=force)
+    t0 = time.perf_counter()
+    with VideoReader(video, max_frames=frames) as probe_only:
+        src_w, src_h = probe_only.source_width, probe_only.source_height
+    if wh is None:
+        wh = (src_w // 16 * 16, src_h // 16 * 16)
+        if 0 in wh:
+            raise InputError(f"{video} is {src_w}x{src_h}: too small", hint="the VAE needs at least 16x16 frames")
+    model_vae, vae_path, label = _load_vae(model, vae, device)
+    t_load = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    encoder = model_vae.stream_encoder()
+    latents: list[torch.Tensor] = []
+    with VideoReader(video, size=wh, max_frames=frames) as reader, Progress(human and stderr.is_terminal) as ui:
+        ui.phase("encode", total=reader.frame_count)
+        for chunk in reader.chunks(CHUNK_FRAMES):  # [3, T, H, W]
+            latents += [z[0, :, 0].cpu() for z in encoder.push(chunk[None])]  # each [16, h, w]
+            ui.update("encode", encoder.frames_in, reader.frame_count or encoder.frames_in)
+        fps = reader.fps
+    if encoder.frames_in == 0:
+        raise InputError(f"{video} has no frames", hint="pass a non-empty video")
+    used = 1 + 4 * (len(latents) - 1)
+    if frames is not None and used < frames:
+        raise InputError(f"{video} has only {encoder.frames_in} frames; --frames {frames} asks for more",
+                         hint=f"use --frames {used} or leave --frames out")  # fmt: skip
+    if used < encoder.frames_in and human:
+        stderr.print(f"note: encoded {used} of {encoder.frames_in} frames (Wan videos have 4k+1 frames)")
+    z = torch.stack(latents, dim=1)  # [16, F_lat, h, w]
+    timings = {"load_s": round(t_load, 3), "encode_s": round(time.perf_counter() - t1, 3),
+               "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+    record: dict[str, Any] = {
+        "output": str(output), "source": str(video), "model": label, "vae": vae_path,
+        "frames": used, "width": wh[0], "height": wh[1], "fps": fps, "latent_shape": list(z.shape),
+        "wan_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timings": timings,
+    }  # fmt: skip
+    save_latents(output, z, fps=fps, source=str(video), model=label, record=record, force=force)
+    _finish(record, json_out, human, "wrote")
+
+
+def decode(
+    latents: Annotated[Path, typer.Argument(metavar="LAT", help="A latents file (`wan encode`, `--save-latents`).")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="OUT.mp4", help="Where to write the video.")],
+    model: ModelOpt = None,
+    fps: Annotated[
+        float | None,
+        typer.Option("--fps", show_default=False, help="Frame rate (default: the one recorded in the file, else 16)."),
+    ] = None,
+    vae: VaeOpt = None,
+    device: DeviceOpt = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Latents → MP4 (H.264, yuv420p), decoded and written one latent frame at a time.
+
+    Examples:
+
+      wan decode clip.safetensors -o clip.mp4
+
+      wan t2v "a cat" --save-latents cat.safetensors && wan decode cat.safetensors -o cat-24fps.mp4 --fps 24
+    """
+    run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet), stderr)
+
+
+def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae: Path | None, device: str | None,
+            force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
+    from ..engine.latents import load_latents
+    from ..engine.video import VideoWriter, check_output_path
+
+    human = _mode(json_out, quiet)
+    if fps is not None and not fps > 0:
+        raise UsageError(f"invalid value for --fps: {fps}", hint="a positive number, e.g. 16")
+    if output.suffix.lower() != ".mp4":
+        raise UsageError(f"-o {str(output)!r} must end in .mp4", hint=f"e.g. {output.with_suffix('.mp4').name}")
+    check_output_path(output, force=force)
+    t0 = time.perf_counter()
+    lat = load_latents(path)
+    model_vae, vae_path, label = _load_vae(model, vae, device)
+    t_load = time.perf_counter() - t0
+    rate = fps if fps is not None else lat.fps
+    record: dict[str, Any] = {
+        "output": str(output), "source": str(path), "model": label, "vae": vae_path, "frames": lat.frames,
+        "width": lat.width, "height": lat.height, "fps": rate, "generation": lat.record or None,
+        "wan_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    t1 = time.perf_counter()
+    decoder = model_vae.stream_decoder()
+    with VideoWriter(output, lat.width, lat.height, rate, force=force, metadata=record) as writer, \
+            Progress(human and stderr.is_terminal) as ui:  # fmt: skip
+        ui.phase("decode", total=lat.frames)
+        for chunk in decoder.push(lat.latents[None]):
+            writer.write(chunk[0].cpu())
+            ui.update("decode", writer.frames_written, lat.frames)
+        record["timings"] = {"load_s": round(t_load, 3), "decode_s": round(time.perf_counter() - t1, 3),
+                             "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        writer.set_metadata(record)
+    _finish(record, json_out, human, "wrote")
