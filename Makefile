@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # CPU machines and CI: the local CPU build. On a GPU machine: `make install TORCH=torch` (the CUDA build from PyPI).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install test test-fast lint docs bench demo clean
+.PHONY: install test test-fast lint docs bench demo demo-tiny clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,11 @@ docs: install  ## regenerate docs/cli.md from --help
 bench: install  ## memory benchmark of the streaming VAE (real config, random weights; ~20 min on 2 CPU cores)
 	$(BIN)/python benchmarks/vae_memory.py
 
-demo: install  ## tiny random-weight checkpoints in every layout → inspect, DiT forward, VAE round trip
+demo: install  ## the default 1.3B video (demo.mp4), downloading the weights (~14.5 GB) first if absent; wants a GPU
 	$(BIN)/python benchmarks/demo.py
+
+demo-tiny: install  ## no download: tiny random-weight files through wan inspect / t2v / encode / decode
+	$(BIN)/python benchmarks/demo.py --tiny
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,66 +1,70 @@
-"""`make demo`: the engine end to end on tiny random-weight checkpoints (no download needed).
+"""`make demo`: the default 1.3B video, downloading the weights first if they are not in the HF cache.
+`make demo-tiny`: the same commands on tiny random-weight checkpoints (no download, seconds on a CPU).
 
-Writes a ComfyUI-style scaled-fp8 DiT file and an official-style VAE .pth into a temp folder, runs `wan inspect` on
-both, loads them through the public engine API, runs one DiT forward and a streaming VAE round trip of a synthetic
-17-frame clip, and prints what happened. Real weights: `wan download` (coming with the CLI issue).
+Everything goes through the installed `wan` command, exactly as a user would type it.
+
+    python benchmarks/demo.py            # wan download 1.3b-t2v (if absent) → wan t2v … -o demo.mp4
+    python benchmarks/demo.py --tiny     # tiny ComfyUI-style files → inspect, t2v, encode, decode
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
+PROMPT = "A corgi runs along a sunny beach, waves rolling in behind it, golden evening light, slow motion"
+WAN = shutil.which("wan") or str(Path(sys.executable).parent / "wan")
 
-from wan_cli.engine import WanDiTConfig, WanVAEConfig, load_transformer, load_vae
-from wan_cli.engine.transformer import build_transformer, init_random_
-from wan_cli.engine.vae import WanVAE
+
+def wan(*args: str) -> str:
+    """Run `wan ARGS`, show the command, pass stderr through, return stdout."""
+    print("$ wan " + " ".join(args), file=sys.stderr, flush=True)
+    out = subprocess.run([WAN, *args], stdout=subprocess.PIPE, text=True)
+    if out.returncode != 0:
+        sys.exit(out.returncode)
+    print(out.stdout, end="", flush=True)
+    return out.stdout.strip()
+
+
+def real(output: Path) -> None:
+    from wan_cli.hub import installed
+
+    if not installed("1.3b-t2v"):
+        wan("download", "1.3b-t2v")
+    t0 = time.perf_counter()
+    wan("t2v", PROMPT, "-m", "1.3b-t2v", "--seed", "42", "-o", str(output), "--force")
+    print(f"made {output} in {time.perf_counter() - t0:.0f} s (settings in {output.with_suffix('.json')})")
+
+
+def tiny(folder: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+    from builders import write_comfy_model
+
+    files = write_comfy_model(folder / "model", "t2v", seed=0)
+    wan("inspect", str(files["dit"]))
+    split = ["-m", str(files["dit"]), "--vae", str(files["vae"]), "--text-encoder", str(files["text_encoder"])]
+    video = wan("t2v", PROMPT, *split, "--size", "256x128", "--frames", "17", "--steps", "4", "--seed", "42",
+                "-o", str(folder / "demo.mp4"), "--save-latents", str(folder / "demo.safetensors"))  # fmt: skip
+    wan("encode", video, "-o", str(folder / "reencoded.safetensors"), "--vae", str(files["vae"]))
+    wan("decode", str(folder / "demo.safetensors"), "-o", str(folder / "decoded-24fps.mp4"), "--fps", "24",
+        "--vae", str(files["vae"]))  # fmt: skip
+    print(f"tiny random weights make noise, not a corgi: the point is the plumbing. Files in {folder}")
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="wan-demo-"))
-    cfg = WanDiTConfig("t2v", dim=256, ffn_dim=512, num_heads=2, num_layers=4)
-    dit = init_random_(build_transformer(cfg), seed=0)
-    state: dict[str, torch.Tensor] = {}
-    for k, v in dit.state_dict().items():  # ComfyUI scaled fp8: 2-D weights as e4m3 + a per-tensor scale
-        if k.endswith(".weight") and v.ndim == 2:
-            scale = v.abs().max() / 448
-            state[f"model.diffusion_model.{k}"] = (v / scale).to(torch.float8_e4m3fn)
-            state[f"model.diffusion_model.{k.removesuffix('.weight')}.scale_weight"] = scale.reshape(())
-        else:
-            state[f"model.diffusion_model.{k}"] = v.to(torch.bfloat16).contiguous()
-    state["model.diffusion_model.scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    dit_path = tmp / "tiny_t2v_fp8_scaled.safetensors"
-    save_file(state, str(dit_path))
-    torch.manual_seed(0)
-    vae_path = tmp / "Wan2.1_VAE.pth"
-    torch.save(WanVAE(WanVAEConfig(dim=16)).state_dict(), vae_path)
-
-    for p in (dit_path, vae_path):
-        subprocess.run([sys.executable, "-m", "wan_cli", "inspect", str(p)], check=True)
-
-    model = load_transformer(dit_path)
-    x = torch.randn(1, 16, 5, 30, 52)  # 17 frames of 416×240 in latent space
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        v = model(x, torch.tensor([999]), torch.randn(1, 20, 4096))
-    print(f"DiT forward {tuple(x.shape)} → velocity {tuple(v.shape)} in {time.perf_counter() - t0:.2f} s")
-
-    vae = load_vae(vae_path)
-    frames = torch.linspace(-1, 1, 128)[None, None, None, :, None].expand(1, 3, 17, 128, 208).contiguous()
-    t0 = time.perf_counter()
-    enc = vae.stream_encoder()
-    latents = [lat for i in range(0, 17, 4) for lat in enc.push(frames[:, :, i : i + 4])]
-    enc.close()
-    dec = vae.stream_decoder()
-    out = [f for lat in latents for f in dec.push(lat)]
-    n = sum(f.shape[2] for f in out)
-    print(f"VAE round trip: 17 frames → {len(latents)} latent frames → {n} frames in {time.perf_counter() - t0:.2f} s")
-    print(f"files left in {tmp}")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny random-weight checkpoints; no download")
+    ap.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"))
+    args = ap.parse_args()
+    if args.tiny:
+        tiny(Path(tempfile.mkdtemp(prefix="wan-demo-")))
+    else:
+        real(args.output)
 
 
 if __name__ == "__main__":

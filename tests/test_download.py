@@ -449,3 +449,39 @@ def test_models_before_and_after(fake_hub: FakeHub) -> None:
     assert all(m["installed"] == [] for m in listing[1:])
     row = next(line for line in wan("models").stdout.splitlines() if line.startswith("1.3b-t2v "))
     assert "comfy/bf16" in row and t2v["path"] in row
+
+
+# -- download, then generate by name ----------------------------------------------------------------------------------
+
+
+def test_download_then_generate_by_name_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole user path: `wan download 1.3b-t2v` fetches real (tiny, random) ComfyUI files and the official
+    tokenizer folder from the hub; offline, `wan t2v -m 1.3b-t2v` finds them in the cache and records the name,
+    source and revision."""
+    from builders import write_comfy_model
+
+    from wan_cli.engine.conditioning import load_tokenizer
+
+    files = write_comfy_model(tmp_path / "src", "t2v", seed=3)
+    tok = tmp_path / "tok"
+    load_tokenizer(tmp_path / "src" / "spm" / "spiece.model").save_pretrained(str(tok))
+    comfy = FakeRepo(COMFY, {DIT: files["dit"].read_bytes(), T5: files["text_encoder"].read_bytes(),
+                             VAE: files["vae"].read_bytes()})  # fmt: skip
+    (tok / "spiece.model").write_bytes((tmp_path / "src" / "spm" / "spiece.model").read_bytes())
+    saved = {p: tok / p.rsplit("/", 1)[1] for p in TOK}  # transformers 5 may not write special_tokens_map.json
+    official = FakeRepo(T2V.repo, {p: f.read_bytes() if f.exists() else b"{}" for p, f in saved.items()})
+    with FakeHub([comfy, official]) as server:
+        online(monkeypatch, server.url)
+        result = wan("download", "1.3b-t2v", "-q")
+        assert result.exit_code == 0, result.output
+    offline(monkeypatch)
+    out = tmp_path / "dog.mp4"
+    result = wan("t2v", "a dog", "-m", "1.3b-t2v", "--size", "64x32", "--frames", "5", "--steps", "2", "-o", str(out),
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["model"]["name"] == "1.3b-t2v" and record["model"]["source"] == "comfy"
+    assert record["model"]["revision"] == comfy.commit
+    assert record["preset"] == "t2v-1.3b-480p" and record["guidance"] == 6.0  # the model's own preset
+    assert Path(record["model"]["files"]["dit"]).read_bytes() == files["dit"].read_bytes()
+    assert out.stat().st_size > 0

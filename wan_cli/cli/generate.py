@@ -592,10 +592,12 @@ def run_items(run: Run, items: list[Item]) -> None:
             except Exception as exc:
                 if not run.batch or debug_enabled():
                     raise
+                ui.clear()
                 failures += 1
                 report(exc, stderr, prefix=f"{item.where}: " if not str(exc).startswith(item.where) else "")
                 continue
             written += 1
+            ui.clear()
             if opts.json_out:
                 emit_json(record)
             else:

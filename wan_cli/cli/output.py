@@ -66,6 +66,12 @@ class Progress:
             self._bar.remove_task(self._task)
         self._task = self._bar.add_task(description, total=total)
 
+    def clear(self) -> None:
+        """Remove the finished phase's bar (before a result line is printed)."""
+        if self._bar is not None and self._task is not None:
+            self._bar.remove_task(self._task)
+        self._task, self._phase = None, ""
+
     def update(self, phase: str, done: int, total: int) -> None:
         """The engine's callback: (phase, done, total); a new phase name starts a new bar."""
         if self._bar is None:
