@@ -485,3 +485,8 @@ def test_download_then_generate_by_name_offline(tmp_path: Path, monkeypatch: pyt
     assert record["preset"] == "t2v-1.3b-480p" and record["guidance"] == 6.0  # the model's own preset
     assert Path(record["model"]["files"]["dit"]).read_bytes() == files["dit"].read_bytes()
     assert out.stat().st_size > 0
+    # human mode: a size the model was not trained at is allowed, with a note
+    result = wan("t2v", "a dog", "-m", "1.3b-t2v", "--size", "64x32", "--frames", "5", "--steps", "1", "-o",
+                 str(tmp_path / "b.mp4"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1.3b-t2v was trained at 832x480, 480x832" in err(result)

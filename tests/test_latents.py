@@ -164,3 +164,81 @@ def test_load_rejects_inconsistent_metadata(tmp_path: Path) -> None:
     save_file({"latents": x}, str(tmp_path / "d.st"), metadata={"format": "wan-latents/2"})
     with pytest.raises(InputError, match="wan-latents/2"):
         load_latents(tmp_path / "d.st")
+
+
+# -- streaming: LatentsWriter / read_latents_info / iter_latents ------------------------------------------------------
+
+
+def test_streamed_file_equals_the_library_writer(tmp_path: Path) -> None:
+    """Frames appended one at a time make the same tensor and metadata as safetensors' own save_file
+    (through save_latents), read back by safetensors itself."""
+    from safetensors import safe_open
+
+    from wan_cli.engine.latents import LatentsWriter
+
+    x = torch.randn(16, 6, 5, 7)
+    with LatentsWriter(tmp_path / "s.safetensors") as w:
+        for i in range(x.shape[1]):
+            w.append(x[:, i].to(torch.bfloat16) if i == 2 else x[:, i])  # any float dtype is stored as float32
+        w.finish(fps=24, source="v.mp4", model="m", record={"a": 1})
+    save_latents(tmp_path / "l.safetensors", torch.cat([x[:, :2], x[:, 2:3].bfloat16().float(), x[:, 3:]], 1),
+                 fps=24, source="v.mp4", model="m", record={"a": 1})  # fmt: skip
+    with safe_open(str(tmp_path / "s.safetensors"), "pt") as a, safe_open(str(tmp_path / "l.safetensors"), "pt") as b:
+        assert a.metadata() == b.metadata()
+        assert torch.equal(a.get_tensor("latents"), b.get_tensor("latents"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.safetensors", "s.safetensors"]  # no temp files left
+
+
+def test_iter_latents_reads_frame_slices_in_order(tmp_path: Path) -> None:
+    from wan_cli.engine.latents import iter_latents, read_latents_info
+
+    x = torch.randn(16, 5, 4, 6)
+    save_latents(tmp_path / "l.safetensors", x, fps=16, source="t2v", model="m", record={"seed": 3})
+    info = read_latents_info(tmp_path / "l.safetensors")
+    assert info.shape == (16, 5, 4, 6) and (info.frames, info.width, info.height) == (17, 48, 32)
+    assert info.record == {"seed": 3}
+    chunks = list(iter_latents(info, chunk=2))
+    assert [c.shape[1] for c in chunks] == [2, 2, 1]
+    assert torch.equal(torch.cat(chunks, dim=1), x)
+
+
+def test_iter_latents_reports_nan_where_met(tmp_path: Path) -> None:
+    from wan_cli.engine.latents import iter_latents, read_latents_info
+
+    x = torch.zeros(16, 4, 2, 2)
+    x[3, 2, 1, 1] = float("nan")
+    save_file({"latents": x}, str(tmp_path / "l.safetensors"))
+    info = read_latents_info(tmp_path / "l.safetensors")  # the header is fine
+    with pytest.raises(InputError, match=r"latent frames 2–2\) contains 1 NaN"):
+        list(iter_latents(info))
+
+
+def test_writer_failure_leaves_nothing(tmp_path: Path) -> None:
+    from wan_cli.engine.latents import LatentsWriter
+
+    bad = torch.zeros(16, 3, 3)
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(InputError, match="NaN/infinite"), LatentsWriter(tmp_path / "x.safetensors") as w:
+        w.append(torch.zeros(16, 3, 3))
+        w.append(bad)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_memory_does_not_grow_with_frames(tmp_path: Path) -> None:
+    """400 frames of 64 KB (26 MB) through the writer: numpy's buffers (traced by tracemalloc) stay far below that."""
+    import tracemalloc
+
+    from wan_cli.engine.latents import LatentsWriter
+
+    frame = torch.randn(16, 32, 32)
+    tracemalloc.start()
+    try:
+        with LatentsWriter(tmp_path / "big.safetensors") as w:
+            for _ in range(400):
+                w.append(frame)
+            w.finish(fps=16, source="x", model="m")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 26e6 / 4, peak
+    assert (tmp_path / "big.safetensors").stat().st_size > 400 * 16 * 32 * 32 * 4

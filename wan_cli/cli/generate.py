@@ -8,26 +8,24 @@ stdout gets one line per finished video: its path, or the settings record with `
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import re
-import sys
 import time
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 
 from .. import __version__
 from ..engine.errors import InputError, WanError
-from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve, values_from
+from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve
 from .errors import UsageError, debug_enabled, report, run_guarded
+from .items import Item, read_prompts_file, stdin_prompt
+from .options import Options, flag_values, with_common_options
 from .output import Progress, emit_json, emit_line, stderr
 
 if TYPE_CHECKING:
@@ -37,218 +35,6 @@ if TYPE_CHECKING:
 # The model each command uses when neither -m, WAN_MODEL nor a preset names one.
 DEFAULT_MODEL = {"t2v": "1.3b-t2v", "i2v": "14b-i2v-480p", "flf2v": "14b-flf2v-720p"}
 OFFLOAD = ("auto", "none", "model")
-
-# --------------------------------------------------------------------------------------------------------------------
-# Options shared by every generation command (declared once; `with_common_options` appends them to a signature)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-HELP = {
-    "output": "Output .mp4 (default: <prompt-slug>-<seed>.mp4 here). In a batch: a folder, or a template using "
-    "{index} {seed} {slug} {task}.",
-    "model": "A model name (`wan models`) or a local checkpoint file/folder in any layout. Env: WAN_MODEL.",
-    "preset": "Preset name (`wan presets list`) or a YAML file. Default: the model's own preset.",
-    "size": "Frame size, e.g. 832x480 (i2v/flf2v: the pixel area; the aspect follows the image).",
-    "frames": "Number of frames, 4n+1 (81 = 5 s at 16 fps).",
-    "fps": "Frame rate of the MP4 (the models are trained at 16).",
-    "steps": "Sampling steps.",
-    "guidance": "Classifier-free guidance scale.",
-    "shift": "Flow shift of the noise schedule.",
-    "solver": "Sampler.",
-    "seed": "Random seed (default: a random one, reported).",
-    "negative_prompt": "What to avoid (default: the official negative prompt).",
-    "prompts": "Batch: one prompt per line, or JSONL objects with per-item overrides (prompt, image, last_frame, "
-    "seed, output, save_latents, size, frames, steps, guidance, shift, solver, negative_prompt, model).",
-    "save_latents": "Also save the final latents (safetensors; `wan decode` turns them into video). Batch: a folder "
-    "or a template.",
-    "text_encoder": "UMT5 weights, overriding the model's.",
-    "vae": "VAE weights, overriding the model's.",
-    "image_encoder": "CLIP weights (i2v), overriding the model's.",
-    "tokenizer": "Tokenizer folder, overriding the model's.",
-    "device": "Where to run. Env: WAN_DEVICE.",
-    "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU). Env: WAN_DTYPE.",
-    "offload": "Between phases keep models on the GPU (none) or move them to CPU RAM (model).",
-    "force": "Overwrite existing output files.",
-    "json_out": "Print one JSON record per video (the sidecar's content).",
-    "quiet": "Print only the output paths; no progress.",
-}
-
-# name, type, option names, metavar (None: Typer's), default; declared once for every generation command
-_COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
-    ("output", str | None, ("-o", "--output"), "PATH", None),
-    ("model", str | None, ("-m", "--model"), "NAME|PATH", None),
-    ("preset", str | None, ("-p", "--preset"), "NAME|FILE", None),
-    ("size", str | None, ("--size",), "WxH", None),
-    ("frames", int | None, ("--frames",), None, None),
-    ("fps", float | None, ("--fps",), None, None),
-    ("steps", int | None, ("--steps",), None, None),
-    ("guidance", float | None, ("--guidance",), None, None),
-    ("shift", float | None, ("--shift",), None, None),
-    ("solver", str | None, ("--solver",), "unipc|dpm++|euler", None),
-    ("seed", int | None, ("--seed",), None, None),
-    ("negative_prompt", str | None, ("--negative-prompt",), "TEXT", None),
-    ("prompts", str | None, ("--prompts",), "FILE|-", None),
-    ("save_latents", str | None, ("--save-latents",), "PATH", None),
-    ("text_encoder", Path | None, ("--text-encoder",), "PATH", None),
-    ("vae", Path | None, ("--vae",), "PATH", None),
-    ("image_encoder", Path | None, ("--image-encoder",), "PATH", None),
-    ("tokenizer", Path | None, ("--tokenizer",), "PATH", None),
-    ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
-    ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32", None),
-    ("offload", str, ("--offload",), "auto|none|model", "auto"),
-    ("force", bool, ("--force",), None, False),
-    ("json_out", bool, ("--json",), None, False),
-    ("quiet", bool, ("-q", "--quiet"), None, False),
-]
-COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
-    (name, Annotated[kind, typer.Option(*decls, help=HELP[name], metavar=metavar, show_default=False)], default)
-    for name, kind, decls, metavar, default in _COMMON
-]
-
-
-def with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Give ``fn(own args, **opts)`` a signature Typer can read: its own parameters, then COMMON_OPTIONS."""
-    own = [
-        p
-        for p in inspect.signature(fn, eval_str=True).parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    common = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in COMMON_OPTIONS
-    ]
-    fn.__signature__ = inspect.Signature([*own, *common])  # type: ignore[attr-defined]
-    return fn
-
-
-@dataclass
-class Options:
-    output: str | None = None
-    model: str | None = None
-    preset: str | None = None
-    size: str | None = None
-    frames: int | None = None
-    fps: float | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    shift: float | None = None
-    solver: str | None = None
-    seed: int | None = None
-    negative_prompt: str | None = None
-    prompts: str | None = None
-    save_latents: str | None = None
-    text_encoder: Path | None = None
-    vae: Path | None = None
-    image_encoder: Path | None = None
-    tokenizer: Path | None = None
-    device: str | None = None
-    dtype: str | None = None
-    offload: str = "auto"
-    force: bool = False
-    json_out: bool = False
-    quiet: bool = False
-
-
-SETTING_FLAGS = ("model", "size", "frames", "fps", "steps", "guidance", "shift", "solver", "seed", "negative_prompt",
-                 "device", "dtype")  # fmt: skip
-
-
-def flag_values(opts: Options) -> Values:
-    """The command-line layer; a bad value is a usage error naming the flag."""
-    data = {k: getattr(opts, k) for k in SETTING_FLAGS if getattr(opts, k) is not None}
-    try:
-        return Values.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_", "-")
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise UsageError(f"invalid value for {flag}: {msg}", hint=f"see `wan t2v --help` for {flag}") from None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Items: the single prompt, or the lines of a --prompts file
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Item:
-    index: int
-    where: str  # "" for a single run; "prompts.jsonl line 3" in a batch
-    prompt: str
-    image: str | None = None
-    last_frame: str | None = None
-    output: str | None = None
-    save_latents: str | None = None
-    values: Values = field(default_factory=Values)
-    error: WanError | None = None  # a line that could not be parsed: reported in order, counted as a failure
-
-
-_ITEM_FILES = ("image", "last_frame", "output", "save_latents")
-_NOT_PER_ITEM = ("device", "dtype", "task", "description")
-
-
-def item_from_json(obj: object, index: int, where: str) -> Item:
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}: a JSONL line must be an object", hint='e.g. {"prompt": "a cat", "seed": 1}')
-    data = dict(obj)
-    if "last_image" in data:
-        data["last_frame"] = data.pop("last_image")
-    prompt = data.pop("prompt", None)
-    if not isinstance(prompt, str):
-        raise InputError(f'{where}: no "prompt" string', hint='each object needs "prompt": "…"')
-    files: dict[str, str | None] = {}
-    for key in _ITEM_FILES:
-        value = data.pop(key, None)
-        if value is not None and not isinstance(value, str):
-            raise InputError(f"{where}: {key!r} must be a string path", hint=f'e.g. "{key}": "path"')
-        files[key] = value
-    for key in _NOT_PER_ITEM:
-        if key in data:
-            raise InputError(f"{where}: {key!r} cannot change per item", hint="pass it once on the command line")
-    return Item(index, where, prompt, files["image"], files["last_frame"], files["output"], files["save_latents"],
-                values=values_from(data, where))  # fmt: skip
-
-
-def parse_prompts(text: str, source: str) -> list[Item]:
-    items: list[Item] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        index, where = len(items) + 1, f"{source} line {n}"
-        if not line.startswith("{"):
-            items.append(Item(index, where, line))
-            continue
-        try:
-            items.append(item_from_json(json.loads(line), index, where))
-        except json.JSONDecodeError as exc:
-            error = InputError(f"{where} is not valid JSON: {exc.msg} (column {exc.colno})",
-                               hint='one object per line, e.g. {"prompt": "a cat", "seed": 1}')  # fmt: skip
-            items.append(Item(index, where, "", error=error))
-        except WanError as exc:
-            items.append(Item(index, where, "", error=exc))
-    if not items:
-        raise InputError(f"{source} holds no prompts", hint="one prompt per line, or one JSON object per line")
-    return items
-
-
-def read_prompts_file(spec: str) -> list[Item]:
-    if spec == "-":
-        return parse_prompts(sys.stdin.read(), "stdin")
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise InputError(f"prompts file {path} {what}", hint="pass a text or JSONL file, or - for stdin")
-    try:
-        return parse_prompts(path.read_text(encoding="utf-8"), path.name)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read prompts file {path}: {exc}", hint="pass a UTF-8 text or JSONL file") from None
-
-
-def stdin_prompt(example: str) -> str:
-    """A prompt piped on stdin (`echo "a cat" | wan t2v`); with a terminal on stdin, a usage error, not a hang."""
-    if sys.stdin is None or sys.stdin.isatty():
-        raise UsageError("no prompt given", hint=f"e.g. {example}")
-    return sys.stdin.read().strip()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -280,6 +66,7 @@ class Job:
     output: Path
     sidecar: Path
     latents: Path | None
+    notes: list[str] = field(default_factory=list)  # warnings for stderr (human mode)
 
 
 def slugify(text: str, limit: int = 48) -> str:
@@ -464,7 +251,12 @@ def plan(item: Item, run: Run) -> Job:
         if img is not None:
             load_image(img)  # a missing, unreadable or animated image fails here, before any model is loaded
     check_writable([p for p in (output, sidecar, latents) if p is not None], opts.force)
-    return Job(item, settings, files, request, output, sidecar, latents)
+    notes = []
+    if variant is not None and (settings.width, settings.height) not in variant.sizes:
+        trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
+        what = "size" if task == "t2v" else "area"
+        notes.append(f"note: {variant.name} was trained at {trained}; other {what}s work but may look worse")
+    return Job(item, settings, files, request, output, sidecar, latents, notes)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -586,6 +378,8 @@ def run_items(run: Run, items: list[Item]) -> None:
                 job = plan(item, run)
                 if human:
                     stderr.print(f"{item.where + ': ' if run.batch else ''}{_describe(job)}", markup=False)
+                    for note in job.notes:
+                        stderr.print(note, markup=False)
                 record = produce(job, run, ui)
             except KeyboardInterrupt:
                 raise

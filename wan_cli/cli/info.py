@@ -1,4 +1,5 @@
-"""`wan presets list|show` and `wan env`: what the tool will do, and what it runs on (for bug reports)."""
+"""`wan presets list|show`, `wan inspect` and `wan env`: what the tool will do, what a checkpoint holds, and what
+it runs on (for bug reports)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -68,6 +70,32 @@ def presets_show(
             continue
         note = "" if key in own else "  # default"
         emit_line(f"{key}: {value}{note}")
+
+
+def inspect(
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="A weights file, a model folder or a Diffusers pipeline folder.")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
+) -> None:
+    """Tell what a checkpoint holds (DiT / VAE / …), its layout, variant and dtypes, without loading it.
+
+    Example: wan inspect wan2.1_t2v_1.3B_fp8_e4m3fn.safetensors
+    """
+    from ..engine import inspect_checkpoint  # torch is imported lazily: `wan --help` stays fast
+
+    info = run_guarded(lambda: inspect_checkpoint(path), stderr)
+    if json_out:
+        emit_json(info.to_dict())
+        return
+    dtypes = ", ".join(f"{k} ×{v}" for k, v in sorted(info.dtypes.items()))
+    emit_line(f"{info.path}: {info.kind} ({info.layout or 'unknown layout'})")
+    if info.variant:
+        emit_line(f"  variant       {info.variant}")
+    emit_line(f"  tensors       {info.tensors} ({info.parameters:,} parameters)")
+    emit_line(f"  dtypes        {dtypes}")
+    emit_line(f"  quantization  {info.quantization}")
+    emit_line(f"  files         {len(info.files)}")
 
 
 def _version(dist: str) -> str | None:

@@ -1,8 +1,8 @@
 """`wan encode` and `wan decode`: the VAE round trip between MP4 files and latents files, streamed.
 
-encode: ffmpeg decodes (and resizes/crops) chunk by chunk → the causal VAE's StreamEncoder → latent frames (only
-the latents, 1/48 of the pixels, are kept until the file is written). decode: latent frame by latent frame through
-the StreamDecoder into the MP4 writer. Memory does not grow with the video's length.
+encode: ffmpeg decodes (and resizes/crops) chunk by chunk → the causal VAE's StreamEncoder → each latent frame
+straight to disk (LatentsWriter). decode: the file is read one latent frame at a time through the StreamDecoder into
+the MP4 writer. Memory does not grow with the video's length.
 """
 
 from __future__ import annotations
@@ -118,9 +118,7 @@ def encode(
 
 def _encode(video: Path, output: Path, model: str | None, size: str | None, frames: int | None, vae: Path | None,
             device: str | None, force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
-    import torch
-
-    from ..engine.latents import save_latents
+    from ..engine.latents import LatentsWriter
     from ..engine.vae import check_frame_count
     from ..engine.video import VideoReader, check_output_path
 
@@ -148,31 +146,31 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     encoder = model_vae.stream_encoder()
-    latents: list[torch.Tensor] = []
-    with VideoReader(video, size=wh, max_frames=frames) as reader, Progress(human and stderr.is_terminal) as ui:
+    with LatentsWriter(output, force=force) as sink, VideoReader(video, size=wh, max_frames=frames) as reader, \
+            Progress(human and stderr.is_terminal) as ui:  # fmt: skip
         ui.phase("encode", total=reader.frame_count)
         for chunk in reader.chunks(CHUNK_FRAMES):  # [3, T, H, W]
-            latents += [z[0, :, 0].cpu() for z in encoder.push(chunk[None])]  # each [16, h, w]
+            for z in encoder.push(chunk[None]):  # [1, 16, 1, h, w]: to disk at once, never accumulated
+                sink.append(z[0, :, 0])
             ui.update("encode", encoder.frames_in, reader.frame_count or encoder.frames_in)
-        fps = reader.fps
-    if encoder.frames_in == 0:
-        raise InputError(f"{video} has no frames", hint="pass a non-empty video")
-    used = 1 + 4 * (len(latents) - 1)
-    if frames is not None and used < frames:
-        raise InputError(f"{video} has only {encoder.frames_in} frames; --frames {frames} asks for more",
-                         hint=f"use --frames {used} or leave --frames out")  # fmt: skip
+        if encoder.frames_in == 0:
+            raise InputError(f"{video} has no frames", hint="pass a non-empty video")
+        used = 1 + 4 * (sink.count - 1)
+        if frames is not None and used < frames:
+            raise InputError(f"{video} has only {encoder.frames_in} frames; --frames {frames} asks for more",
+                             hint=f"use --frames {used} or leave --frames out")  # fmt: skip
+        timings = {"load_s": round(t_load, 3), "encode_s": round(time.perf_counter() - t1, 3),
+                   "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+        h, w = sink.frame_shape or (0, 0)
+        record: dict[str, Any] = {
+            "output": str(output), "source": str(video), "model": label, "vae": vae_path,
+            "frames": used, "width": wh[0], "height": wh[1], "fps": reader.fps,
+            "latent_shape": [16, sink.count, h, w], "wan_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": timings,
+        }  # fmt: skip
+        sink.finish(fps=reader.fps, source=str(video), model=label, record=record)
     if used < encoder.frames_in and human:
         stderr.print(f"note: encoded {used} of {encoder.frames_in} frames (Wan videos have 4k+1 frames)")
-    z = torch.stack(latents, dim=1)  # [16, F_lat, h, w]
-    timings = {"load_s": round(t_load, 3), "encode_s": round(time.perf_counter() - t1, 3),
-               "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
-    record: dict[str, Any] = {
-        "output": str(output), "source": str(video), "model": label, "vae": vae_path,
-        "frames": used, "width": wh[0], "height": wh[1], "fps": fps, "latent_shape": list(z.shape),
-        "wan_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "timings": timings,
-    }  # fmt: skip
-    save_latents(output, z, fps=fps, source=str(video), model=label, record=record, force=force)
     _finish(record, json_out, human, "wrote")
 
 
@@ -203,7 +201,7 @@ def decode(
 
 def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae: Path | None, device: str | None,
             force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
-    from ..engine.latents import load_latents
+    from ..engine.latents import iter_latents, read_latents_info
     from ..engine.video import VideoWriter, check_output_path
 
     human = _mode(json_out, quiet)
@@ -213,7 +211,9 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
         raise UsageError(f"-o {str(output)!r} must end in .mp4", hint=f"e.g. {output.with_suffix('.mp4').name}")
     check_output_path(output, force=force)
     t0 = time.perf_counter()
-    lat = load_latents(path)
+    lat = read_latents_info(path)  # the header only: latent frames are read one at a time below
+    for _ in iter_latents(lat, chunk=8):  # a quick pass for NaN/Inf before any model is loaded (memory: 8 frames)
+        pass
     model_vae, vae_path, label = _load_vae(model, vae, device)
     t_load = time.perf_counter() - t0
     rate = fps if fps is not None else lat.fps
@@ -227,9 +227,10 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
     with VideoWriter(output, lat.width, lat.height, rate, force=force, metadata=record) as writer, \
             Progress(human and stderr.is_terminal) as ui:  # fmt: skip
         ui.phase("decode", total=lat.frames)
-        for chunk in decoder.push(lat.latents[None]):
-            writer.write(chunk[0].cpu())
-            ui.update("decode", writer.frames_written, lat.frames)
+        for z in iter_latents(lat):  # [16, 1, h, w]
+            for chunk in decoder.push(z[None]):
+                writer.write(chunk[0].cpu())
+                ui.update("decode", writer.frames_written, lat.frames)
         record["timings"] = {"load_s": round(t_load, 3), "decode_s": round(time.perf_counter() - t1, 3),
                              "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
         writer.set_metadata(record)

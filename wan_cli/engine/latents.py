@@ -15,6 +15,10 @@ Format ``wan-latents/1``: a safetensors file holding one tensor and string metad
   ``record``  optional: the full settings record, as JSON
 
 Files are written to a hidden temp file beside the target and renamed onto it, so a target is never half-written.
+
+Long videos: :class:`LatentsWriter` takes latent frames one at a time and spills them to a raw temp file, then
+writes the safetensors file (header + channel-major data) from it; :func:`read_latents_info` reads only the header
+and :func:`iter_latents` yields latent frames by slices. Memory stays one frame, whatever the length.
 """
 
 from __future__ import annotations
@@ -22,10 +26,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -51,8 +59,7 @@ class LatentsFile:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def _check_latents(x: torch.Tensor, where: str) -> None:
-    """Shape, dtype and finiteness, each failure with a one-line message naming ``where``."""
+def _check_shape_dtype(x: torch.Tensor, where: str) -> None:
     shape = tuple(x.shape)
     if x.ndim != 4 or shape[0] != LATENT_CHANNELS or min(shape) < 1:
         raise InputError(
@@ -61,6 +68,9 @@ def _check_latents(x: torch.Tensor, where: str) -> None:
         )
     if not x.is_floating_point():
         raise InputError(f"{where} holds {x.dtype} values, expected floating point", hint="save them as float32")
+
+
+def _check_finite(x: torch.Tensor, where: str) -> None:
     nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
     if nan or inf:
         raise InputError(
@@ -69,10 +79,30 @@ def _check_latents(x: torch.Tensor, where: str) -> None:
         )
 
 
+def _check_latents(x: torch.Tensor, where: str) -> None:
+    """Shape, dtype and finiteness, each failure with a one-line message naming ``where``."""
+    _check_shape_dtype(x, where)
+    _check_finite(x, where)
+
+
 def _derived(x: torch.Tensor) -> dict[str, int]:
     """Pixel frames and size implied by a [16, F, h, w] latent."""
     f, h, w = x.shape[1:]
     return {"frames": TEMPORAL_STRIDE * (f - 1) + 1, "width": SPATIAL_STRIDE * w, "height": SPATIAL_STRIDE * h}
+
+
+def _metadata(
+    shape: tuple[int, ...], fps: float, source: str, model: str, record: dict[str, Any] | None
+) -> dict[str, str]:
+    if not (fps > 0 and math.isfinite(fps)):
+        raise InputError(f"fps must be a positive number, got {fps}", hint="Wan 2.1 videos are 16 fps")
+    f, h, w = shape[1:]
+    meta = {"format": FORMAT, "fps": f"{fps:g}" if float(fps).is_integer() else repr(float(fps))}
+    meta |= {"frames": str(TEMPORAL_STRIDE * (f - 1) + 1), "width": str(SPATIAL_STRIDE * w)}
+    meta |= {"height": str(SPATIAL_STRIDE * h), "source": str(source), "model": str(model)}
+    if record is not None:
+        meta["record"] = json.dumps(record, ensure_ascii=False)  # TypeError before anything is written
+    return meta
 
 
 def save_latents(
@@ -90,13 +120,8 @@ def save_latents(
 
     target = check_output_path(path, force=force)
     _check_latents(latents, "the latents")
-    if not (fps > 0 and math.isfinite(fps)):
-        raise InputError(f"fps must be a positive number, got {fps}", hint="Wan 2.1 videos are 16 fps")
     x = latents.detach().to("cpu", torch.float32).contiguous()
-    meta = {"format": FORMAT, "fps": f"{fps:g}" if float(fps).is_integer() else repr(float(fps))}
-    meta |= {k: str(v) for k, v in _derived(x).items()} | {"source": str(source), "model": str(model)}
-    if record is not None:
-        meta["record"] = json.dumps(record, ensure_ascii=False)  # TypeError before anything is written
+    meta = _metadata(tuple(x.shape), fps, source, model, record)
     tmp = temp_beside(target)
     try:
         save_file({"latents": x}, str(tmp), metadata=meta)
@@ -120,30 +145,35 @@ def _number(meta: dict[str, str], key: str, where: Path) -> float | None:
     return value
 
 
-def load_latents(path: str | os.PathLike[str]) -> LatentsFile:
-    """Read and check a latents file; float16/bfloat16 are upcast to float32. Every problem is an InputError."""
-    from safetensors import SafetensorError, safe_open
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
+
+def _existing(path: str | os.PathLike[str]) -> Path:
     p = Path(path).expanduser()
     if not p.is_file():
         what = "is a directory" if p.is_dir() else "does not exist"
         raise InputError(f"{p} {what}", hint="pass a latents file written by `wan encode` (.safetensors)")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            keys, meta = list(f.keys()), dict(f.metadata() or {})
-            if "latents" not in keys:
-                raise InputError(
-                    f"{p} has no 'latents' tensor (it holds {', '.join(keys) or 'no tensors'})",
-                    hint="pass a latents file written by `wan encode`, not a model checkpoint",
-                )
-            x = f.get_tensor("latents")
-    except (SafetensorError, OSError) as e:
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return p
+
+
+def _require_latents(p: Path, keys: list[str]) -> None:
+    if "latents" not in keys:
         raise InputError(
-            f"{p} is not a readable safetensors file ({why})",
-            hint="the file is truncated or corrupt, or not a latents file: encode the video again",
-        ) from e
-    _check_latents(x, str(p))
+            f"{p} has no 'latents' tensor (it holds {', '.join(keys) or 'no tensors'})",
+            hint="pass a latents file written by `wan encode`, not a model checkpoint",
+        )
+
+
+def _unreadable(p: Path, e: Exception) -> InputError:
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return InputError(
+        f"{p} is not a readable safetensors file ({why})",
+        hint="the file is truncated or corrupt, or not a latents file: encode the video again",
+    )
+
+
+def _parse_meta(p: Path, x: torch.Tensor, meta: dict[str, str]) -> LatentsFile:
+    """The metadata checked against the tensor's shape (``x`` may be on the meta device)."""
     derived = _derived(x)
     for key, value in derived.items():
         if _number(meta, key, p) not in (None, value):
@@ -158,7 +188,7 @@ def load_latents(path: str | os.PathLike[str]) -> LatentsFile:
     except json.JSONDecodeError as e:
         raise InputError(f"{p}: the settings record is not valid JSON ({e.msg})", hint="encode the video again") from e
     return LatentsFile(
-        latents=x.to(torch.float32),
+        latents=x,
         fps=_number(meta, "fps", p) or 16.0,
         frames=derived["frames"],
         width=derived["width"],
@@ -168,3 +198,147 @@ def load_latents(path: str | os.PathLike[str]) -> LatentsFile:
         record=record if isinstance(record, dict) else {},
         metadata=meta,
     )
+
+
+def load_latents(path: str | os.PathLike[str]) -> LatentsFile:
+    """Read and check a latents file; float16/bfloat16 are upcast to float32. Every problem is an InputError."""
+    from safetensors import SafetensorError, safe_open
+
+    p = _existing(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys, meta = list(f.keys()), dict(f.metadata() or {})
+            _require_latents(p, keys)
+            x = f.get_tensor("latents")
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(p, e) from e
+    _check_latents(x, str(p))
+    loaded = _parse_meta(p, x, meta)
+    loaded.latents = x.to(torch.float32)
+    return loaded
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Streaming: write and read one latent frame at a time
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class LatentsWriter:
+    """Build a latents file from latent frames [16, h, w] given one at a time, holding none of them in memory.
+
+    Frames are appended to a raw float32 temp file (frame-major); ``finish()`` writes the safetensors file — an
+    8-byte little-endian header length, the JSON header, then the tensor channel-major as [16, F, h, w] — by
+    reading each channel's frames back from that file, and renames it onto the target. Leaving the ``with`` block
+    by an exception (or Ctrl-C) deletes both temp files.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
+        self.path = check_output_path(path, force=force)
+        self.force = force
+        self._raw = temp_beside(self.path)
+        self._out = temp_beside(self.path)
+        self._file = self._raw.open("wb")
+        self.frame_shape: tuple[int, int] | None = None
+        self.count = 0
+
+    def __enter__(self) -> LatentsWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:
+            self.abort()
+
+    def append(self, frame: torch.Tensor) -> None:
+        """One latent frame [16, h, w] (any float dtype, any device)."""
+        x = frame.detach().to("cpu", torch.float32)
+        if x.ndim != 3 or x.shape[0] != LATENT_CHANNELS:
+            raise InputError(f"a latent frame must be [16, h, w], got {list(x.shape)}")
+        if self.frame_shape is None:
+            self.frame_shape = (x.shape[1], x.shape[2])
+        elif (x.shape[1], x.shape[2]) != self.frame_shape:
+            raise InputError(f"latent frame {self.count} is {list(x.shape)}, the first was {self.frame_shape}")
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise InputError(f"latent frame {self.count} has {bad} NaN/infinite values",
+                             hint="the encoder diverged: check the input video and the VAE weights")  # fmt: skip
+        self._file.write(x.contiguous().numpy().tobytes())
+        self.count += 1
+
+    def finish(self, *, fps: float, source: str, model: str, record: dict[str, Any] | None = None) -> Path:
+        if self.frame_shape is None:
+            raise InputError("no latent frames were written", hint="the input had no frames")
+        h, w = self.frame_shape
+        shape = (LATENT_CHANNELS, self.count, h, w)
+        nbytes = 4 * math.prod(shape)
+        meta = _metadata(shape, fps, source, model, record)
+        header = json.dumps({"__metadata__": meta, "latents": {"dtype": "F32", "shape": list(shape),
+                                                                "data_offsets": [0, nbytes]}}).encode()  # fmt: skip
+        header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
+        try:
+            self._file.close()
+            frames = np.memmap(self._raw, dtype=np.float32, mode="r", shape=(self.count, LATENT_CHANNELS, h, w))
+            with self._out.open("wb") as out:
+                out.write(struct.pack("<Q", len(header)) + header)
+                step = max(1, (64 << 20) // (4 * h * w))  # ≤ 64 MB read per slice
+                for c in range(LATENT_CHANNELS):
+                    for f0 in range(0, self.count, step):
+                        out.write(np.ascontiguousarray(frames[f0 : f0 + step, c]).tobytes())
+            del frames
+            os.replace(self._out, self.path)
+        except OSError as e:
+            self.abort()
+            raise InputError(f"cannot write {self.path}: {e.strerror or e}", hint="check free disk space") from e
+        self._raw.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        self._file.close()
+        for tmp in (self._raw, self._out):
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class LatentsInfo:
+    """A latents file's header: shape and metadata, no tensor data read."""
+
+    path: Path
+    shape: tuple[int, int, int, int]  # [16, F_lat, h, w]
+    fps: float
+    frames: int
+    width: int
+    height: int
+    source: str = ""
+    model: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def read_latents_info(path: str | os.PathLike[str]) -> LatentsInfo:
+    """Check a latents file by its header (shape, dtype, metadata) without reading the tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    p = _existing(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys, meta = list(f.keys()), dict(f.metadata() or {})
+            _require_latents(p, keys)
+            sl = f.get_slice("latents")
+            shape, dtype = tuple(sl.get_shape()), str(sl.get_dtype())
+    except (SafetensorError, OSError) as e:
+        raise _unreadable(p, e) from e
+    probe = torch.empty(shape, dtype=_DTYPES.get(dtype, torch.int32), device="meta")
+    _check_shape_dtype(probe, str(p))
+    full = _parse_meta(p, probe, meta)
+    return LatentsInfo(p, shape, full.fps, full.frames, full.width, full.height, full.source, full.model,
+                       full.record)  # fmt: skip
+
+
+def iter_latents(info: LatentsInfo, chunk: int = 1) -> Iterator[torch.Tensor]:
+    """Latent frames [16, n ≤ chunk, h, w] float32, read slice by slice; NaN/Inf are an InputError when met."""
+    from safetensors import safe_open
+
+    with safe_open(str(info.path), framework="pt") as f:
+        sl = f.get_slice("latents")
+        for f0 in range(0, info.shape[1], chunk):
+            x = sl[:, f0 : f0 + chunk].to(torch.float32)
+            _check_finite(x, f"{info.path} (latent frames {f0}–{f0 + x.shape[1] - 1})")
+            yield x

@@ -1,0 +1,135 @@
+"""The options every generation command shares (declared once), and the command-line settings layer."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from ..presets import Values
+from .errors import UsageError
+
+HELP = {
+    "output": "Output .mp4 (default: <prompt-slug>-<seed>.mp4 here). In a batch: a folder, or a template using "
+    "{index} {seed} {slug} {task}.",
+    "model": "A model name (`wan models`) or a local checkpoint file/folder in any layout. Env: WAN_MODEL.",
+    "preset": "Preset name (`wan presets list`) or a YAML file. Default: the model's own preset.",
+    "size": "Frame size, e.g. 832x480 (i2v/flf2v: the pixel area; the aspect follows the image).",
+    "frames": "Number of frames, 4n+1 (81 = 5 s at 16 fps).",
+    "fps": "Frame rate of the MP4 (the models are trained at 16).",
+    "steps": "Sampling steps.",
+    "guidance": "Classifier-free guidance scale.",
+    "shift": "Flow shift of the noise schedule.",
+    "solver": "Sampler.",
+    "seed": "Random seed (default: a random one, reported).",
+    "negative_prompt": "What to avoid (default: the official negative prompt).",
+    "prompts": "Batch: one prompt per line, or JSONL objects with per-item overrides (prompt, image, last_frame, "
+    "seed, output, save_latents, size, frames, steps, guidance, shift, solver, negative_prompt, model).",
+    "save_latents": "Also save the final latents (safetensors; `wan decode` turns them into video). Batch: a folder "
+    "or a template.",
+    "text_encoder": "UMT5 weights, overriding the model's.",
+    "vae": "VAE weights, overriding the model's.",
+    "image_encoder": "CLIP weights (i2v), overriding the model's.",
+    "tokenizer": "Tokenizer folder, overriding the model's.",
+    "device": "Where to run. Env: WAN_DEVICE.",
+    "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU). Env: WAN_DTYPE.",
+    "offload": "Between phases keep models on the GPU (none) or move them to CPU RAM (model).",
+    "force": "Overwrite existing output files.",
+    "json_out": "Print one JSON record per video (the sidecar's content).",
+    "quiet": "Print only the output paths; no progress.",
+}
+
+# name, type, option names, metavar (None: Typer's), default; declared once for every generation command
+_COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
+    ("output", str | None, ("-o", "--output"), "PATH", None),
+    ("model", str | None, ("-m", "--model"), "NAME|PATH", None),
+    ("preset", str | None, ("-p", "--preset"), "NAME|FILE", None),
+    ("size", str | None, ("--size",), "WxH", None),
+    ("frames", int | None, ("--frames",), None, None),
+    ("fps", float | None, ("--fps",), None, None),
+    ("steps", int | None, ("--steps",), None, None),
+    ("guidance", float | None, ("--guidance",), None, None),
+    ("shift", float | None, ("--shift",), None, None),
+    ("solver", str | None, ("--solver",), "unipc|dpm++|euler", None),
+    ("seed", int | None, ("--seed",), None, None),
+    ("negative_prompt", str | None, ("--negative-prompt",), "TEXT", None),
+    ("prompts", str | None, ("--prompts",), "FILE|-", None),
+    ("save_latents", str | None, ("--save-latents",), "PATH", None),
+    ("text_encoder", Path | None, ("--text-encoder",), "PATH", None),
+    ("vae", Path | None, ("--vae",), "PATH", None),
+    ("image_encoder", Path | None, ("--image-encoder",), "PATH", None),
+    ("tokenizer", Path | None, ("--tokenizer",), "PATH", None),
+    ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
+    ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32", None),
+    ("offload", str, ("--offload",), "auto|none|model", "auto"),
+    ("force", bool, ("--force",), None, False),
+    ("json_out", bool, ("--json",), None, False),
+    ("quiet", bool, ("-q", "--quiet"), None, False),
+]
+COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
+    (name, Annotated[kind, typer.Option(*decls, help=HELP[name], metavar=metavar, show_default=False)], default)
+    for name, kind, decls, metavar, default in _COMMON
+]
+
+
+def with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give ``fn(own args, **opts)`` a signature Typer can read: its own parameters, then COMMON_OPTIONS."""
+    own = [
+        p
+        for p in inspect.signature(fn, eval_str=True).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    common = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in COMMON_OPTIONS
+    ]
+    fn.__signature__ = inspect.Signature([*own, *common])  # type: ignore[attr-defined]
+    return fn
+
+
+@dataclass
+class Options:
+    output: str | None = None
+    model: str | None = None
+    preset: str | None = None
+    size: str | None = None
+    frames: int | None = None
+    fps: float | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    shift: float | None = None
+    solver: str | None = None
+    seed: int | None = None
+    negative_prompt: str | None = None
+    prompts: str | None = None
+    save_latents: str | None = None
+    text_encoder: Path | None = None
+    vae: Path | None = None
+    image_encoder: Path | None = None
+    tokenizer: Path | None = None
+    device: str | None = None
+    dtype: str | None = None
+    offload: str = "auto"
+    force: bool = False
+    json_out: bool = False
+    quiet: bool = False
+
+
+SETTING_FLAGS = ("model", "size", "frames", "fps", "steps", "guidance", "shift", "solver", "seed", "negative_prompt",
+                 "device", "dtype")  # fmt: skip
+
+
+def flag_values(opts: Options) -> Values:
+    """The command-line layer; a bad value is a usage error naming the flag."""
+    data = {k: getattr(opts, k) for k in SETTING_FLAGS if getattr(opts, k) is not None}
+    try:
+        return Values.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_", "-")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise UsageError(f"invalid value for {flag}: {msg}", hint=f"see `wan t2v --help` for {flag}") from None
