@@ -170,7 +170,11 @@ def user_preset_dir() -> Path:
 def preset_files() -> dict[str, Path | Any]:
     """name → file: shipped presets, shadowed by the user's ``$WAN_CLI_HOME/presets/*.yaml``."""
     found: dict[str, Path | Any] = {}
-    for entry in files("wan_cli.preset_data").iterdir():
+    try:
+        shipped: Any = files("wan_cli.preset_data")
+    except ModuleNotFoundError:  # running from a source checkout that was not pip-installed
+        shipped = Path(__file__).parents[1] / "presets"
+    for entry in shipped.iterdir():
         if entry.name.endswith(".yaml"):
             found[entry.name.removesuffix(".yaml")] = entry
     user = user_preset_dir()

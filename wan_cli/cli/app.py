@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import generate, info, models, vae
+from . import bench, generate, info, models, vae
 from .output import emit_line
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.command("download")(models.download)
 app.command("models")(models.models)
 app.add_typer(info.presets_app, name="presets")
 app.command("inspect")(info.inspect)
+app.command("bench")(bench.bench)
 app.command("env")(info.env)
 
 

@@ -324,7 +324,8 @@ def pipeline_for(run: Run, request: GenerationRequest) -> Pipeline:
         policy = "keep" if device == "cpu" else "offload"  # a batch never reloads weights from disk
     key = (device, str(request.dtype), policy or "default")
     if key not in run.pipelines:
-        run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy)  # type: ignore[arg-type]
+        run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy,  # type: ignore[arg-type]
+                                      compile=run.opts.compile)  # fmt: skip
     return run.pipelines[key]
 
 

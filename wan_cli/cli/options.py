@@ -39,6 +39,7 @@ HELP = {
     "device": "Where to run. Env: WAN_DEVICE.",
     "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU). Env: WAN_DTYPE.",
     "offload": "Between phases keep models on the GPU (none) or move them to CPU RAM (model).",
+    "compile": "torch.compile the DiT blocks: a one-time ~20 s, then ~25% faster steps on a GPU.",
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
     "quiet": "Print only the output paths; no progress.",
@@ -67,6 +68,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
     ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32", None),
     ("offload", str, ("--offload",), "auto|none|model", "auto"),
+    ("compile", bool, ("--compile",), None, False),
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),
     ("quiet", bool, ("-q", "--quiet"), None, False),
@@ -114,6 +116,7 @@ class Options:
     device: str | None = None
     dtype: str | None = None
     offload: str = "auto"
+    compile: bool = False
     force: bool = False
     json_out: bool = False
     quiet: bool = False

@@ -19,7 +19,8 @@ from .errors import WanError
 # Attention
 # --------------------------------------------------------------------------------------------------------------------
 
-ATTENTION_BACKENDS = ("sdpa", "flash", "sage")
+# sdpa: PyTorch picks its kernel; cudnn: PyTorch's cuDNN attention kernel only (Hopper); flash / sage: the packages.
+ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash", "sage")
 _default_backend = "sdpa"
 
 
@@ -48,6 +49,8 @@ def _sage_fn() -> Callable[..., Any] | None:
 def available_backends() -> list[str]:
     """Attention backends usable in this process (``sdpa`` always)."""
     out = ["sdpa"]
+    if torch.cuda.is_available() and torch.backends.cudnn.is_available():
+        out.append("cudnn")
     if _flash_fn() is not None and torch.cuda.is_available():
         out.append("flash")
     if _sage_fn() is not None and torch.cuda.is_available():
@@ -61,7 +64,7 @@ def set_attention_backend(name: str) -> None:
     if name not in ATTENTION_BACKENDS:
         raise WanError(f"unknown attention backend {name!r}", hint=f"choose one of: {', '.join(ATTENTION_BACKENDS)}")
     if name not in available_backends():
-        pkg = {"flash": "flash-attn", "sage": "sageattention"}[name]
+        pkg = {"cudnn": "cuDNN (a CUDA build of torch)", "flash": "flash-attn", "sage": "sageattention"}[name]
         raise WanError(
             f"attention backend {name!r} is not available here",
             hint=f"it needs a CUDA GPU and the `{pkg}` package; the default `sdpa` always works",
@@ -77,6 +80,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
     name = backend or _default_backend
     if name == "sdpa":
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    if name == "cudnn":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # these kernels need 16-bit
     if name == "flash":

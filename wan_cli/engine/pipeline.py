@@ -29,7 +29,7 @@ from .checkpoints import load_transformer, load_vae, peek_transformer_config
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
-from .transformer import WanModel, a_model
+from .transformer import WanModel, a_model, compile_blocks
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE, check_frame_count
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,9 @@ class Pipeline:
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 policy: MemoryPolicy | None = None) -> None:  # fmt: skip
+                 policy: MemoryPolicy | None = None, compile: bool = False) -> None:  # fmt: skip
         self.device = torch.device(device)
+        self.compile = compile  # torch.compile the DiT blocks (transformer.compile_blocks)
         self.dtype = dtype or default_dtype(self.device)
         self.policy: MemoryPolicy = policy or ("release" if self.device.type == "cpu" else "offload")
         self._models: dict[tuple[str, str], Any] = {}  # (component, path) → loaded model
@@ -379,7 +380,12 @@ class Pipeline:
 
     def dit(self, path: str, task: Task) -> WanModel:
         dev = self._load_device
-        return self._get("dit", path, lambda: load_transformer(path, device=dev, dtype=self.dtype, model_type=task))
+
+        def load() -> WanModel:
+            model = load_transformer(path, device=dev, dtype=self.dtype, model_type=task)
+            return compile_blocks(model) if self.compile else model
+
+        return self._get("dit", path, load)
 
     def vae(self, path: str) -> WanVAE:
         dev = self._load_device

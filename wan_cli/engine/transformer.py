@@ -397,6 +397,16 @@ def build_transformer(cfg: WanDiTConfig, *, device: str | torch.device = "meta")
         return WanModel(cfg)
 
 
+def compile_blocks(model: WanModel) -> WanModel:
+    """``torch.compile`` every attention block in place. The blocks share their code and (with parameters as graph
+    inputs) one compiled graph, so the cost is one compilation (~20 s on an H200), after which the fp32 elementwise
+    work around the matmuls (modulation, norms, RoPE, casts, residuals) runs fused: a T2V-1.3B 480p step went from
+    1.42 s to 1.05 s on an H200 (docs/performance.md). Numerics stay within bf16 rounding of the eager model."""
+    for block in model.blocks:
+        block.compile()
+    return model
+
+
 def init_random_(model: WanModel, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> WanModel:
     """Fill a (meta or real) model with the official initialisation scheme on the CPU; for tests and benchmarks.
 

@@ -1,0 +1,140 @@
+"""`wan bench`: what this machine does with a model before any download (random weights at the true shapes)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .errors import UsageError, run_guarded
+from .output import emit_json, stderr
+
+
+def bench(
+    model: Annotated[
+        str, typer.Option("-m", "--model", metavar="NAME", help="Which architecture (`wan models`).")
+    ] = "1.3b-t2v",
+    size: Annotated[
+        str | None,
+        typer.Option("--size", metavar="WxH", show_default=False, help="Frame size (default: the model's preset)."),
+    ] = None,
+    frames: Annotated[
+        int | None, typer.Option("--frames", show_default=False, help="Frames, 4n+1 (default: the preset's 81).")
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", help="DiT steps to time (after one warm-up).")] = 2,
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights", metavar="random|installed", help="Random weights (no download) or the installed model's DiT."
+        ),
+    ] = "random",
+    device: Annotated[str, typer.Option("--device", metavar="auto|cuda|cpu|mps")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            "--dtype", metavar="auto|bf16|fp16|fp32", help="DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU)."
+        ),
+    ] = "auto",
+    attention: Annotated[
+        str, typer.Option("--attention", metavar="sdpa|cudnn|flash|sage", help="Attention kernel.")
+    ] = "sdpa",
+    text_encoder: Annotated[
+        bool | None,
+        typer.Option(
+            "--text-encoder/--no-text-encoder",
+            show_default=False,
+            help="Time UMT5-XXL too (default: on GPUs; it is 23 GB in fp32 on a CPU).",
+        ),
+    ] = None,
+    vae: Annotated[bool, typer.Option("--vae/--no-vae", help="Time the VAE decode too.")] = True,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the DiT blocks first.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Only the JSON record (no table on stderr).")] = False,
+) -> None:
+    """Time the DiT step, text encoder and VAE decode; report FLOP/s against the measured matmul peak, peak memory
+    per phase and the projected time of a whole video. The JSON record goes to stdout, the table to stderr.
+
+    Examples:
+
+      wan bench                                    # 1.3B at 832x480, 81 frames, on the GPU
+
+      wan bench -m 14b-t2v --size 1280x720 --steps 1
+
+      wan bench --device cpu --size 256x256 --frames 9 --steps 1 --no-vae
+    """
+    record = run_guarded(lambda: _bench(model, size, frames, steps, weights, device, dtype, attention,
+                                        text_encoder, vae, compile, json_out), stderr)  # fmt: skip
+    emit_json(record)
+
+
+def _bench(model: str, size: str | None, frames: int | None, steps: int, weights: str, device: str, dtype: str,
+           attention: str, text_encoder: bool | None, vae: bool, compile: bool,
+           json_out: bool) -> dict[str, object]:  # fmt: skip
+    import torch
+
+    from ..engine.bench import BENCH_MODELS, BenchRequest, run_bench
+    from ..engine.errors import InputError
+    from ..engine.ops import set_attention_backend
+    from ..presets import Values, load_preset
+    from ..registry import get
+    from .generate import pick_device
+
+    try:
+        spec = get(model)
+    except InputError as exc:  # an unknown name on the command line is a usage error, as in `wan download`
+        raise UsageError(exc.message, hint=exc.hint) from None
+    if spec.name not in BENCH_MODELS:
+        raise UsageError(f"no benchmark for {spec.name}", hint=f"use one of {', '.join(BENCH_MODELS)}")
+    if steps < 1:
+        raise UsageError(f"invalid value for --steps: {steps}", hint="at least 1")
+    if weights not in ("random", "installed"):
+        raise UsageError(f"invalid value for --weights: {weights!r}", hint="random or installed")
+    _, preset = load_preset(spec.preset)
+    try:
+        layer = Values.model_validate({k: v for k, v in (("size", size), ("frames", frames), ("device", device),
+                                                         ("dtype", dtype)) if v is not None})  # fmt: skip
+    except Exception as exc:
+        raise UsageError(f"invalid option value: {exc}", hint="see `wan bench --help`") from None
+    w, h = layer.size or preset.size or (832, 480)
+    dev = pick_device(layer.device or "auto")
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    dt = dtypes.get(layer.dtype or "auto") or (torch.float32 if dev == "cpu" else torch.bfloat16)
+    set_attention_backend(attention)
+    dit = None
+    if weights == "installed":
+        from ..engine.checkpoints import load_transformer
+        from ..hub import resolve_model
+
+        files = resolve_model(spec.name)
+        dit = load_transformer(files.dit or files.root or "", device=dev, dtype=dt)
+    req = BenchRequest(model=spec.name, width=w, height=h, frames=layer.frames or preset.frames or 81, steps=steps,
+                       full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit, compile=compile,
+                       text_encoder=text_encoder if text_encoder is not None else dev != "cpu")  # fmt: skip
+    log = (lambda _: None) if json_out else (lambda m: stderr.print(f"[dim]{m}…[/]"))
+    result = run_bench(req, log)
+    if not json_out:
+        _table(result.to_dict())
+    return result.to_dict()
+
+
+def _table(r: dict[str, object]) -> None:
+    def fmt(v: object, unit: str = "", nd: int = 2) -> str:
+        return "not measured" if v is None else f"{v:.{nd}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+
+    rows = [
+        ("device", f"{r['device_name']} ({r['device']}, {r['dtype']})"),
+        ("shape", f"{r['model']} · {r['size']} · {r['frames']} frames · {r['tokens']} tokens"),
+        ("matmul peak", fmt(r["matmul_tflops"], " TFLOP/s", 1)),
+        ("DiT step (cond + uncond)", fmt(r["step_s"], " s", 3) + (" (compiled)" if r["compiled"] else "")),
+        ("first step", fmt(r["first_step_s"], " s", 1)),
+        ("achieved", f"{fmt(r['achieved_tflops'], ' TFLOP/s', 1)} ({100 * float(r['peak_fraction']):.0f}% of peak)"),  # type: ignore[arg-type]
+        ("DiT peak memory", fmt(r["dit_peak_gib"], " GiB", 1)),
+        ("text encode (UMT5-XXL)", fmt(r["text_encode_s"], " s")),
+        ("VAE decode", f"{fmt(r['vae_decode_s'], ' s')} ({fmt(r['vae_fps'], ' frames/s', 1)})"),
+        ("VAE peak memory", fmt(r["vae_peak_gib"], " GiB", 1)),
+        (f"projected, {r['full_steps']} steps", fmt(r["projected_s"], " s", 0)),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        stderr.print(f"{k:<{width}}  {v}", markup=False, highlight=False)
+    for note in r["notes"]:  # type: ignore[attr-defined]
+        stderr.print(f"note: {note}", markup=False)

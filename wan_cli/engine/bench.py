@@ -1,0 +1,283 @@
+"""What this machine does with a model, before any download: DiT step time, achieved FLOP/s against the measured
+matmul peak, text-encoder time, VAE decode speed, peak memory per phase, and the projected time of a whole video.
+
+Random weights at the true architecture by default (the speed of a network does not depend on its weights; the
+values are kept in a sane range so no kernel takes a NaN path). FLOPs are counted, not sampled: see
+:func:`dit_flops` and ``docs/performance.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer, compile_blocks
+from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
+
+TEXT_TOKENS = 512  # the DiT always sees 512 text positions (zero-padded)
+CLIP_TOKENS = {"t2v": 0, "i2v": 257, "flf2v": 514}
+# registry name → the DiT config of that variant (the 480p/720p I2V models share one architecture)
+BENCH_MODELS = {"1.3b-t2v": "t2v-1.3B", "14b-t2v": "t2v-14B", "14b-i2v-480p": "i2v-14B", "14b-i2v-720p": "i2v-14B",
+                "14b-flf2v-720p": "flf2v-14B"}  # fmt: skip
+Log = Callable[[str], None]
+
+
+def dit_flops(cfg: WanDiTConfig, tokens: int, text: int = TEXT_TOKENS, clip: int = 0, batch: int = 2) -> float:
+    """Forward FLOPs of the DiT (2 per multiply-add), ``batch`` passes (2 = cond + uncond). Per block: q/k/v/o
+    projections 8·N·D², self-attention 4·N²·D, cross-attention 4·N·D² + 4·C·D² + 4·N·C·D (C = text + CLIP tokens),
+    FFN 4·N·D·F. Embeddings, norms and the head are < 0.1% and left out."""
+    d, f, n, c = cfg.dim, cfg.ffn_dim, tokens, text + clip
+    per_block = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * c * d * d + 4 * n * c * d + 4 * n * d * f
+    return float(batch * cfg.num_layers * per_block)
+
+
+def latent_shape(width: int, height: int, frames: int) -> tuple[int, int, int]:
+    return (frames - 1) // TEMPORAL_STRIDE + 1, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Measuring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakMemory:
+    """Peak memory of one phase, read when the phase ends: CUDA's allocator peak on a GPU; on the CPU the process's
+    peak RSS so far (the kernel keeps only a lifetime maximum, so a CPU phase reports max(earlier phases, this))."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.gib = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            self.gib = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:
+            kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.gib = kib / 2**20 if sys.platform != "darwin" else kib / 2**30  # macOS reports bytes
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Mean seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
+    return timed_with_first(fn, device, repeats)[1]
+
+
+def timed_with_first(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
+    """(seconds of the first call — with any compilation —, mean seconds of the next ``repeats`` calls)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return first, (time.perf_counter() - t0) / repeats
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """The machine's dense matmul rate in FLOP/s for ``dtype`` (square products, large enough to saturate)."""
+    n = 8192 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = timed(lambda: a @ b, device, repeats=10 if device.type == "cuda" else 3)
+    return 2 * n**3 / seconds
+
+
+def random_dit(cfg: WanDiTConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> WanModel:
+    """The DiT at its true shape with random weights drawn on ``device`` (a CPU init of 14B parameters would take
+    minutes): N(0, 0.02) matrices, norm gains near 1, the official dtype rules (fp32 where the model keeps fp32)."""
+    model = build_transformer(cfg)
+    g = torch.Generator(device).manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, p in model.named_parameters():
+        t = torch.randn(p.shape, device=device, generator=g) * (0.02 if p.ndim >= 2 else 0.1)
+        if "norm" in name:
+            t += 1.0
+        state[name] = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def random_vae(device: torch.device) -> WanVAE:
+    vae = build_vae(WanVAEConfig())
+    g = torch.Generator(device).manual_seed(0)
+    state = {}
+    for name, p in vae.named_parameters():
+        fan_in = math.prod(p.shape[1:]) if p.ndim > 1 else 1
+        state[name] = (
+            torch.randn(p.shape, device=device, generator=g) / math.sqrt(fan_in)
+            if p.ndim > 1
+            else (torch.ones(p.shape, device=device) if name.endswith("gamma") else torch.zeros(p.shape, device=device))
+        )
+    vae.load_state_dict(state, strict=True, assign=True)  # buffers (latent stats) were set by build_vae
+    vae.latent_mean, vae.latent_inv_std = vae.latent_mean.to(device), vae.latent_inv_std.to(device)
+    return vae.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchRequest:
+    model: str = "1.3b-t2v"  # a registry name
+    width: int = 832
+    height: int = 480
+    frames: int = 81
+    steps: int = 2  # timed DiT steps (after one warm-up)
+    full_steps: int = 50  # the step count the projection is for
+    device: str = "cpu"
+    dtype: torch.dtype = torch.bfloat16
+    text_encoder: bool = True  # build the real UMT5-XXL (5.7B parameters) and time it
+    vae: bool = True
+    dit: WanModel | None = None  # an installed model instead of random weights
+    compile: bool = False  # torch.compile the DiT blocks (the first step then includes the compilation)
+
+
+@dataclass
+class BenchResult:
+    model: str
+    device: str
+    device_name: str
+    dtype: str
+    size: str
+    frames: int
+    tokens: int
+    matmul_tflops: float  # measured peak of this device in `dtype`
+    step_s: float  # one denoising step: cond + uncond
+    flop_per_step: float
+    achieved_tflops: float
+    peak_fraction: float
+    dit_peak_gib: float
+    first_step_s: float = 0.0  # the warm-up step (includes torch.compile's compilation with --compile)
+    compiled: bool = False
+    text_encode_s: float | None = None
+    text_peak_gib: float | None = None
+    vae_decode_s: float | None = None
+    vae_fps: float | None = None
+    vae_peak_gib: float | None = None
+    full_steps: int = 50
+    projected_s: float = 0.0  # text + full_steps × step + decode
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def bench_text_encoder(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    """UMT5-XXL at its true shape (random weights): one batch of prompt + negative prompt, 512 tokens each."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24,
+                     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, dropout_rate=0.0)  # fmt: skip
+    with PeakMemory(device) as mem:
+        with torch.device("meta"):
+            model = UMT5EncoderModel(cfg)
+        g = torch.Generator(device).manual_seed(0)
+        state = {n: (torch.randn(p.shape, device=device, generator=g) * 0.02).to(dtype)
+                 for n, p in model.state_dict().items()}  # fmt: skip
+        for n in state:
+            if "layer_norm" in n:
+                state[n] = torch.ones_like(state[n])
+        model.load_state_dict(state, strict=True, assign=True)
+        model.eval().requires_grad_(False)
+        ids = torch.randint(0, 256384, (2, TEXT_TOKENS), device=device, generator=g)
+        mask = torch.ones_like(ids)
+        with torch.inference_mode():
+            seconds = timed(functools.partial(model, input_ids=ids, attention_mask=mask), device, repeats=1)
+        del model, state
+    return seconds, mem.gib
+
+
+def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
+    device = torch.device(req.device)
+    cfg = DIT_CONFIGS[BENCH_MODELS[req.model]]
+    f, h, w = latent_shape(req.width, req.height, req.frames)
+    tokens = f * h * w // 4
+    clip = CLIP_TOKENS[cfg.model_type]
+    notes: list[str] = []
+
+    log(f"measuring the {req.dtype} matmul peak")
+    peak = matmul_peak(device, req.dtype)
+
+    text_s = text_mem = None
+    if req.text_encoder:
+        log("timing the text encoder (UMT5-XXL, 5.7B parameters)")
+        text_s, text_mem = bench_text_encoder(device, torch.bfloat16 if req.dtype != torch.float32 else req.dtype)
+    else:
+        notes.append("text encoder not timed (--no-text-encoder)")
+
+    log(f"building the DiT ({BENCH_MODELS[req.model]}, {'installed' if req.dit else 'random'} weights)")
+    with PeakMemory(device) as dit_mem:
+        model = req.dit if req.dit is not None else random_dit(cfg, device, req.dtype)
+        if req.compile:
+            compile_blocks(model)
+        g = torch.Generator(device).manual_seed(1)
+        x = torch.randn(2, 16, f, h, w, device=device, generator=g)
+        t = torch.tensor([900.0, 900.0], device=device)
+        ctx = torch.randn(2, TEXT_TOKENS, cfg.text_dim, device=device, generator=g) * 0.1
+        clip_fea = torch.randn(2, clip, 1280, device=device, generator=g) if clip else None
+        y = torch.randn(2, 20, f, h, w, device=device, generator=g) if cfg.model_type != "t2v" else None
+        log(f"timing {req.steps} DiT steps at {tokens} tokens (+1 warm-up)")
+        with torch.inference_mode():
+            first, step = timed_with_first(functools.partial(model, x, t, ctx, clip_fea, y), device, req.steps)
+    del model, x, ctx, clip_fea, y
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    flops = dit_flops(cfg, tokens, clip=clip)
+
+    vae_s = vae_fps = vae_mem = None
+    if req.vae:
+        log(f"timing the VAE decode of {req.frames} frames at {req.width}x{req.height}")
+        with PeakMemory(device) as mem:
+            vae = random_vae(device)
+            z = torch.randn(1, 16, f, h, w, device=device) * 0.5
+            dec = vae.stream_decoder()
+            sync(device)
+            t0 = time.perf_counter()
+            n = sum(chunk.shape[2] for chunk in dec.push(z))
+            sync(device)
+            vae_s = time.perf_counter() - t0
+            del vae, z
+        vae_fps, vae_mem = n / vae_s, mem.gib
+    else:
+        notes.append("VAE not timed (--no-vae)")
+
+    projected = req.full_steps * step + (text_s or 0.0) + (vae_s or 0.0)
+    return BenchResult(
+        model=req.model, device=str(device), device_name=_device_name(device),
+        dtype=str(req.dtype).removeprefix("torch."), size=f"{req.width}x{req.height}", frames=req.frames,
+        tokens=tokens, matmul_tflops=peak / 1e12, step_s=step, flop_per_step=flops,
+        achieved_tflops=flops / step / 1e12, peak_fraction=flops / step / peak, dit_peak_gib=dit_mem.gib,
+        first_step_s=first, compiled=req.compile,
+        text_encode_s=text_s, text_peak_gib=text_mem, vae_decode_s=vae_s, vae_fps=vae_fps, vae_peak_gib=vae_mem,
+        full_steps=req.full_steps, projected_s=projected, notes=notes,
+    )  # fmt: skip
