@@ -78,17 +78,22 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--vae-repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--only", choices=("dit_fp32", "dit_bf16", "vae"), action="append", help="run only these parts")
     args = ap.parse_args()
     report: dict[str, object] = {"threads": torch.get_num_threads(), "torch": torch.__version__,
                                  "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     report["matmul_gflops"] = {"fp32": matmul_peak(CPU, torch.float32) / 1e9,
                                "bf16": matmul_peak(CPU, torch.bfloat16) / 1e9}  # fmt: skip
     print("matmul rate:", {k: round(v) for k, v in report["matmul_gflops"].items()}, "GFLOP/s", flush=True)  # type: ignore[attr-defined]
+    parts = set(args.only or ("dit_fp32", "dit_bf16", "vae"))
     for name, dtype in (("dit_fp32", torch.float32), ("dit_bf16", torch.bfloat16)):
+        if name not in parts:
+            continue
         report[name] = dit(dtype, args.repeats)
         print(name, {k: round(v, 3) for k, v in report[name].items()}, flush=True)  # type: ignore[attr-defined]
-    report["vae_decode_fp32"] = vae(args.vae_repeats)
-    print("vae_decode_fp32", {k: round(v, 3) for k, v in report["vae_decode_fp32"].items()}, flush=True)  # type: ignore[attr-defined]
+    if "vae" in parts:
+        report["vae_decode_fp32"] = vae(args.vae_repeats)
+        print("vae_decode_fp32", {k: round(v, 3) for k, v in report["vae_decode_fp32"].items()}, flush=True)  # type: ignore[attr-defined]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

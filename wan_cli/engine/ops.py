@@ -157,13 +157,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     re, im = xf[..., 0], xf[..., 1]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack((re * c - im * s, re * s + im * c), dim=-1).flatten(-2)
+    out = torch.empty_like(xf)  # written in place: no stacked temporaries
+    torch.addcmul(re * c, im, s, value=-1, out=out[..., 0])
+    torch.addcmul(re * s, im, c, out=out[..., 1])
+    return out.flatten(-2)
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x · rsqrt(mean(x²) + eps) over the last axis, in fp32, returned in x's dtype (the official WanRMSNorm)."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).type_as(x)
+    # torch's fused kernel computes the same x · rsqrt(mean(x²) + eps) in fp32 in one pass (no x² temporary)
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
 __all__ = [
