@@ -91,7 +91,10 @@ class FeatureCache:
 
 
 class CausalConv3d(nn.Conv3d):
-    """Conv3d padded causally in time (2·pad in front, none behind), optionally after frames from the cache."""
+    """Conv3d padded causally in time (2·pad frames in front, none behind), optionally after frames from the cache.
+
+    Spatial zero padding is the convolution's own (no padded copy of the activation); the causal front is one
+    concatenation of the cached history (or zero frames) with the chunk."""
 
     def __init__(
         self,
@@ -101,16 +104,19 @@ class CausalConv3d(nn.Conv3d):
         stride: int | tuple[int, int, int] = 1,
         padding: int | tuple[int, int, int] = 0,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0)
         pt, ph, pw = (padding, padding, padding) if isinstance(padding, int) else padding
-        self.causal_pad = (pw, pw, ph, ph, 2 * pt, 0)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=(0, ph, pw))
+        self.time_pad = 2 * pt
 
     def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        pad = list(self.causal_pad)
-        if history is not None and pad[4] > 0:
-            x = torch.cat([history.to(x.dtype), x], dim=2)
-            pad[4] -= history.shape[2]
-        return super().forward(F.pad(x, pad))
+        front: list[torch.Tensor] = []
+        missing = self.time_pad
+        if history is not None and missing > 0:
+            front.append(history.to(x.dtype))
+            missing -= history.shape[2]
+        if missing > 0:
+            front.insert(0, x.new_zeros(*x.shape[:2], missing, *x.shape[3:]))
+        return super().forward(torch.cat([*front, x], dim=2) if front else x)
 
 
 def cached_conv(conv: CausalConv3d, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
@@ -134,7 +140,7 @@ class RMS_norm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1) if images else torch.ones(dim, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        return F.normalize(x, dim=1) * (self.scale * self.gamma)  # one full-size product, not two
 
 
 class Upsample(nn.Upsample):
