@@ -15,6 +15,7 @@ end to end on CUDA at 1.3B 480p. Random weights throughout (no download); prints
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -26,47 +27,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from wan_cli.engine.transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer, init_random_
+from wan_cli.engine.bench import CLIP_TOKENS, PeakMemory, dit_flops, random_dit, timed
+from wan_cli.engine.transformer import DIT_CONFIGS, WanDiTConfig, build_transformer, init_random_
 
-DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke run of this script (--smoke) before a GPU call
-
-
-def sync() -> None:
-    if DEV == "cuda":
-        torch.cuda.synchronize()
-
-
-def reset_peak() -> None:
-    if DEV == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib() -> float:
-    return round(torch.cuda.max_memory_allocated() / 2**30, 1) if DEV == "cuda" else 0.0
-
-
-def dit_flops(cfg: WanDiTConfig, tokens: int, text: int = 512, clip: int = 0, batch: int = 2) -> float:
-    """Forward FLOPs: per block the q/k/v/o projections, self-attention (QKᵀ and AV), cross-attention (q, o on the
-    video tokens; k, v on the text/CLIP tokens; QKᵀ and AV) and the FFN; 2 FLOP per multiply-add."""
-    d, f, n = cfg.dim, cfg.ffn_dim, tokens
-    ctx = text + clip
-    per_block = 2 * (4 * n * d * d) + 2 * (2 * n * n * d)  # self-attention
-    per_block += 2 * (2 * n * d * d + 2 * ctx * d * d) + 2 * (2 * n * ctx * d)  # cross-attention
-    per_block += 2 * (2 * n * d * f)  # FFN
-    return batch * cfg.num_layers * per_block
-
-
-def fast_random_(model: WanModel, device: str, dtype: torch.dtype) -> WanModel:
-    """Random weights drawn on the GPU (the CPU init of 14B parameters would take minutes); for timing only."""
-    state = {}
-    for name, p in model.named_parameters():
-        keep = torch.float32 if WanModel.keeps_fp32(name) else dtype
-        t = torch.randn(p.shape, device=device, dtype=torch.float32) * (0.02 if p.ndim >= 2 else 0.1)
-        if "norm" in name or name.endswith("modulation"):
-            t = t + (1.0 if "norm" in name else 0.0)
-        state[name] = t.to(keep)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model.eval()
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: a smoke run (--smoke) before a GPU call
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -100,34 +64,25 @@ def parity() -> dict[str, float]:
 
 
 def step_time(name: str, cfg: WanDiTConfig, lat: tuple[int, int, int], repeats: int = 2) -> dict[str, Any]:
+    """One DiT step (cond + uncond batched) through `wan bench`'s helpers."""
     f, h, w = lat
-    model = fast_random_(build_transformer(cfg), DEV, torch.bfloat16)
-    model.to(DEV)
-    b = 2
-    x = torch.randn(b, 16, f, h, w, device=DEV)
-    t = torch.tensor([900, 900], device=DEV)
-    ctx = torch.randn(b, 512, 4096, device=DEV) * 0.1
-    clip = y = None
-    if cfg.model_type != "t2v":
-        clip = torch.randn(b, 257, 1280, device=DEV)
-        y = torch.randn(b, 20, f, h, w, device=DEV)
-    reset_peak()
-    with torch.inference_mode():
-        model(x, t, ctx, clip, y)  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            model(x, t, ctx, clip, y)
-        sync()
-    dt = (time.perf_counter() - t0) / repeats
+    clip_tokens = CLIP_TOKENS[cfg.model_type]
+    with PeakMemory(DEV) as mem:
+        model = random_dit(cfg, DEV, torch.bfloat16)
+        x = torch.randn(2, 16, f, h, w, device=DEV)
+        t = torch.tensor([900, 900], device=DEV)
+        ctx = torch.randn(2, 512, 4096, device=DEV) * 0.1
+        clip = torch.randn(2, clip_tokens, 1280, device=DEV) if clip_tokens else None
+        y = torch.randn(2, 20, f, h, w, device=DEV) if clip_tokens else None
+        with torch.inference_mode():
+            dt = timed(functools.partial(model, x, t, ctx, clip, y), DEV, repeats)
+        del model, x, ctx, clip, y
     tokens = f * h * w // 4
-    flops = dit_flops(cfg, tokens, clip=257 if clip is not None else 0)
-    out = {"case": name, "tokens": tokens, "step_s": round(dt, 3), "tflops": round(flops / dt / 1e12, 1),
-           "flop_per_step": flops, "peak_gib": peak_gib()}  # fmt: skip
-    del model, x, ctx, clip, y
-    if DEV == "cuda":
+    flops = dit_flops(cfg, tokens, clip=clip_tokens)
+    if DEV.type == "cuda":
         torch.cuda.empty_cache()
-    return out
+    return {"case": name, "tokens": tokens, "step_s": round(dt, 3), "tflops": round(flops / dt / 1e12, 1),
+            "flop_per_step": flops, "peak_gib": round(mem.gib, 1)}  # fmt: skip
 
 
 def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[str, Any]:
@@ -139,7 +94,7 @@ def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[
     from wan_cli.engine.vae import WanVAEConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="wan-gpu-"))
-    dit = fast_random_(build_transformer(DIT_CONFIGS["t2v-1.3B"]), DEV, torch.bfloat16)
+    dit = random_dit(DIT_CONFIGS["t2v-1.3B"], DEV, torch.bfloat16)
     dit_path = write_comfy_dit(dit.cpu(), tmp / "dit.safetensors", "bf16")
     del dit
     vae_path = write_comfy_vae(random_vae(WanVAEConfig(), seed=0), tmp / "vae.safetensors", torch.float32)
@@ -150,20 +105,19 @@ def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[
                             width=size[0], height=size[1], frames=size[2], steps=steps, guidance=6.0, shift=8.0,
                             seed=42, device=DEV)  # fmt: skip
     pipe = Pipeline(device=DEV)
-    reset_peak()
-    t0 = time.perf_counter()
-    result = pipe.generate(req)
-    t_gen = time.perf_counter() - t0
-    peak_denoise = peak_gib()
-    reset_peak()
-    t1 = time.perf_counter()
-    frames = sum(chunk.shape[1] for chunk in result.frames())
-    t_dec = time.perf_counter() - t1
+    with PeakMemory(DEV) as gen_mem:
+        t0 = time.perf_counter()
+        result = pipe.generate(req)
+        t_gen = time.perf_counter() - t0
+    with PeakMemory(DEV) as dec_mem:
+        t1 = time.perf_counter()
+        frames = sum(chunk.shape[1] for chunk in result.frames())
+        t_dec = time.perf_counter() - t1
     step = result.timings["denoise_s"] / steps
     return {
         "steps": steps, "frames": frames, "generate_s": round(t_gen, 2), "timings": result.timings,
         "step_s": round(step, 3), "decode_s": round(t_dec, 2), "decode_fps": round(frames / t_dec, 1),
-        "peak_gib_generate": peak_denoise, "peak_gib_decode": peak_gib(),
+        "peak_gib_generate": round(gen_mem.gib, 1), "peak_gib_decode": round(dec_mem.gib, 1),
         "projected_50_steps_s": round(50 * step + t_dec, 1),
         "finite": bool(torch.isfinite(result.latents).all()),
     }  # fmt: skip
@@ -176,7 +130,7 @@ def main() -> None:
     ap.add_argument("--skip-14b", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes: check this script on a CPU before a GPU call")
     args = ap.parse_args()
-    name = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu (smoke)"
+    name = torch.cuda.get_device_name(0) if DEV.type == "cuda" else "cpu (smoke)"
     report: dict[str, Any] = {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
     print(report, flush=True)
 

@@ -13,7 +13,7 @@ import os
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -334,7 +334,7 @@ def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     ui.phase("load + encode")
-    result = run_pipeline(job, run, ui)
+    result = pipeline_for(run, job.request).generate(job.request, progress=ui.update)
     req = result.request
     timings = dict(result.timings)
     record = settings_record(job, result, timings)
@@ -356,10 +356,6 @@ def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
         writer.set_metadata(record)
     write_json_atomic(job.sidecar, record)
     return record
-
-
-def run_pipeline(job: Job, run: Run, ui: Progress) -> GenerationResult:
-    return pipeline_for(run, job.request).generate(job.request, progress=ui.update)
 
 
 def _describe(job: Job) -> str:
@@ -427,7 +423,7 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
         raise UsageError(f"-o {opts.output!r} names one file, but a batch writes several",
                          hint="give a folder (-o out/) or a template (-o out/{index}-{seed}.mp4)")  # fmt: skip
     run = Run(command, opts, flags, env, preset, image=image, last_frame=last_frame, batch=batch)
-    run_items(run, [replace(i) for i in items])
+    run_items(run, items)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -44,11 +44,12 @@ FORMAT = "wan-latents/1"
 _SHAPE = "[16, F, H/8, W/8]"
 
 
-@dataclass
-class LatentsFile:
-    """A loaded latents file: the tensor plus its metadata, parsed (and the raw strings in ``metadata``)."""
+@dataclass(kw_only=True)
+class LatentsInfo:
+    """A latents file's header: shape and metadata, parsed (the raw strings in ``metadata``); no tensor data."""
 
-    latents: torch.Tensor  # [16, F_lat, H/8, W/8] float32, CPU
+    path: Path
+    shape: tuple[int, ...]  # [16, F_lat, H/8, W/8]
     fps: float
     frames: int  # pixel frames: 4·(F_lat − 1) + 1
     width: int  # pixels
@@ -57,6 +58,13 @@ class LatentsFile:
     model: str = ""
     record: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class LatentsFile(LatentsInfo):
+    """A loaded latents file: the header plus the tensor."""
+
+    latents: torch.Tensor  # [16, F_lat, H/8, W/8] float32, CPU
 
 
 def _check_shape_dtype(x: torch.Tensor, where: str) -> None:
@@ -172,7 +180,7 @@ def _unreadable(p: Path, e: Exception) -> InputError:
     )
 
 
-def _parse_meta(p: Path, x: torch.Tensor, meta: dict[str, str]) -> LatentsFile:
+def _parse_meta(p: Path, x: torch.Tensor, meta: dict[str, str]) -> LatentsInfo:
     """The metadata checked against the tensor's shape (``x`` may be on the meta device)."""
     derived = _derived(x)
     for key, value in derived.items():
@@ -187,8 +195,9 @@ def _parse_meta(p: Path, x: torch.Tensor, meta: dict[str, str]) -> LatentsFile:
         record = json.loads(meta["record"]) if meta.get("record") else {}
     except json.JSONDecodeError as e:
         raise InputError(f"{p}: the settings record is not valid JSON ({e.msg})", hint="encode the video again") from e
-    return LatentsFile(
-        latents=x,
+    return LatentsInfo(
+        path=p,
+        shape=tuple(x.shape),
         fps=_number(meta, "fps", p) or 16.0,
         frames=derived["frames"],
         width=derived["width"],
@@ -213,9 +222,7 @@ def load_latents(path: str | os.PathLike[str]) -> LatentsFile:
     except (SafetensorError, OSError) as e:
         raise _unreadable(p, e) from e
     _check_latents(x, str(p))
-    loaded = _parse_meta(p, x, meta)
-    loaded.latents = x.to(torch.float32)
-    return loaded
+    return LatentsFile(**vars(_parse_meta(p, x, meta)), latents=x.to(torch.float32))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -297,21 +304,6 @@ class LatentsWriter:
             tmp.unlink(missing_ok=True)
 
 
-@dataclass
-class LatentsInfo:
-    """A latents file's header: shape and metadata, no tensor data read."""
-
-    path: Path
-    shape: tuple[int, int, int, int]  # [16, F_lat, h, w]
-    fps: float
-    frames: int
-    width: int
-    height: int
-    source: str = ""
-    model: str = ""
-    record: dict[str, Any] = field(default_factory=dict)
-
-
 def read_latents_info(path: str | os.PathLike[str]) -> LatentsInfo:
     """Check a latents file by its header (shape, dtype, metadata) without reading the tensor."""
     from safetensors import SafetensorError, safe_open
@@ -327,9 +319,7 @@ def read_latents_info(path: str | os.PathLike[str]) -> LatentsInfo:
         raise _unreadable(p, e) from e
     probe = torch.empty(shape, dtype=_DTYPES.get(dtype, torch.int32), device="meta")
     _check_shape_dtype(probe, str(p))
-    full = _parse_meta(p, probe, meta)
-    return LatentsInfo(p, shape, full.fps, full.frames, full.width, full.height, full.source, full.model,
-                       full.record)  # fmt: skip
+    return _parse_meta(p, probe, meta)
 
 
 def iter_latents(info: LatentsInfo, chunk: int = 1) -> Iterator[torch.Tensor]:
