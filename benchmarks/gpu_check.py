@@ -105,10 +105,32 @@ def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[
                             width=size[0], height=size[1], frames=size[2], steps=steps, guidance=6.0, shift=8.0,
                             seed=42, device=DEV)  # fmt: skip
     pipe = Pipeline(device=DEV)
+    import warnings
+
+    import wan_cli.engine.pipeline as pipeline_module
+
+    plain_denoise = pipeline_module.denoise
+    syncs: list[str] = []
+
+    def watched_denoise(*args: Any, **kw: Any) -> torch.Tensor:
+        """The step loop with CUDA's sync debug mode on: every host synchronisation inside it warns."""
+        if DEV.type != "cuda":
+            return plain_denoise(*args, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return plain_denoise(*args, **kw)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                syncs.extend(str(w.message).splitlines()[0] for w in caught)
+
+    pipeline_module.denoise = watched_denoise  # type: ignore[assignment]
     with PeakMemory(DEV) as gen_mem:
         t0 = time.perf_counter()
         result = pipe.generate(req)
         t_gen = time.perf_counter() - t0
+    pipeline_module.denoise = plain_denoise
     with PeakMemory(DEV) as dec_mem:
         t1 = time.perf_counter()
         frames = sum(chunk.shape[1] for chunk in result.frames())
@@ -120,6 +142,7 @@ def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[
         "peak_gib_generate": round(gen_mem.gib, 1), "peak_gib_decode": round(dec_mem.gib, 1),
         "projected_50_steps_s": round(50 * step + t_dec, 1),
         "finite": bool(torch.isfinite(result.latents).all()),
+        "host_syncs_in_denoise": len(syncs), "sync_examples": syncs[:3],
     }  # fmt: skip
 
 

@@ -64,5 +64,36 @@ def test_bench_command_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bench_rejects_bad_options() -> None:
     assert runner.invoke(app, ["bench", "--steps", "0"]).exit_code == 2
     assert runner.invoke(app, ["bench", "--weights", "mine"]).exit_code == 2
+    assert runner.invoke(app, ["bench", "--offload", "disk"]).exit_code == 2
     result = runner.invoke(app, ["bench", "-m", "1.4b-t2v"])
     assert result.exit_code == 2 and "1.3b-t2v" in result.stderr
+
+
+@pytest.mark.parametrize("flags", [["--offload", "blocks", "--dtype", "fp8"], ["--offload", "model", "--fp8-matmul"]])
+def test_bench_memory_modes_on_cpu(monkeypatch: pytest.MonkeyPatch, flags: list[str]) -> None:
+    monkeypatch.setitem(DIT_CONFIGS, "t2v-1.3B", tiny_dit_config("t2v", text_dim=4096))
+    args = ["bench", "--device", "cpu", "--size", "64x32", "--frames", "5", "--steps", "1", "--no-vae", *flags]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["offload"] == flags[1] and record["weights"] == ("fp8" if "fp8" in flags else "fp8 matmul")
+    assert record["step_s"] > 0 and "memory mode" in result.stderr
+
+
+def test_bench_auto_offload_on_cpu_keeps_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DIT_CONFIGS, "t2v-1.3B", tiny_dit_config("t2v", text_dim=4096))
+    args = ["bench", "--device", "cpu", "--size", "64x32", "--frames", "5", "--steps", "1", "--no-vae", "--json"]
+    record = json.loads(runner.invoke(app, args).stdout)
+    assert record["offload"] == "none" and record["weights"] == "as stored"
+
+
+@pytest.mark.slow
+def test_bench_true_1_3b_shape_streamed_in_fp8_on_cpu() -> None:
+    """The real T2V-1.3B architecture (random weights), blocks streamed and stored in fp8, on this CPU."""
+    args = ["bench", "--device", "cpu", "--size", "32x32", "--frames", "1", "--steps", "1", "--no-vae",
+            "--offload", "blocks", "--dtype", "fp8", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["tokens"] == 4 and record["flop_per_step"] == bench.dit_flops(DIT_CONFIGS["t2v-1.3B"], 4)
+    assert record["step_s"] > 0 and record["offload"] == "blocks"

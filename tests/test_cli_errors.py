@@ -226,7 +226,7 @@ def test_cuda_out_of_memory_names_the_way_out(model: Path, tmp: Path, monkeypatc
     monkeypatch.setattr(Pipeline, "generate", oom)
     out = tmp / "x.mp4"
     result = runner.invoke(app, ["t2v", "x", "-m", str(model), "--size", "64x32", "--frames", "5", "-o", str(out)])
-    check_clean_failure(result, 1, "ran out of memory", "--offload model")
+    check_clean_failure(result, 1, "ran out of memory", "--offload blocks")
     assert files_in(tmp) == set()
 
 

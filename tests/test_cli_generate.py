@@ -209,3 +209,24 @@ def test_installed_wan_runs_t2v_and_a_stdin_batch(models: dict[str, object], tmp
     assert proc.stdout.splitlines() == [str(tmp / "one-9.mp4"), str(tmp / "two-9.mp4")]
     for line in proc.stdout.splitlines():
         assert probe(Path(line))["codec_name"] == "h264"
+
+
+def test_memory_modes_from_the_command_line(models: dict[str, object], tmp: Path) -> None:
+    """--offload changes where weights live, not the video; --dtype fp8 stays within fp8 rounding. Both recorded."""
+    runs = {}
+    for name, extra in (("plain", ["--offload", "none"]), ("blocks", ["--offload", "blocks"]),
+                        ("fp8", ["--dtype", "fp8", "--offload", "model"])):  # fmt: skip
+        out = tmp / f"{name}.mp4"
+        args = ["t2v", "a dog", *model_args(models, "comfy-t2v"), *TINY, "--seed", "3", "-o", str(out),
+                "--save-latents", str(tmp / f"{name}.safetensors"), *extra]  # fmt: skip
+        result = invoke(args)
+        assert result.exit_code == 0, result.output
+        runs[name] = (json.loads(out.with_suffix(".json").read_text()),
+                      load_file(str(tmp / f"{name}.safetensors"))["latents"])  # fmt: skip
+    assert (runs["plain"][0]["offload"], runs["plain"][0]["weights"]) == ("none", "as stored")
+    assert (runs["blocks"][0]["offload"], runs["fp8"][0]["offload"]) == ("blocks", "model")
+    assert runs["fp8"][0]["weights"] == "fp8" and runs["fp8"][0]["dtype"] == "float32"  # fp8 storage, fp32 compute
+    blocks = (runs["blocks"][1] - runs["plain"][1]).norm() / runs["plain"][1].norm()
+    assert blocks <= 1e-5  # the same maths; CFG runs as two passes instead of one batch of two
+    diff = (runs["fp8"][1] - runs["plain"][1]).norm() / runs["plain"][1].norm()
+    assert 0 < diff <= 3e-2

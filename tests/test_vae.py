@@ -118,6 +118,19 @@ def test_bad_video_inputs_are_rejected() -> None:
         enc.close()
 
 
+@pytest.mark.parametrize("frame_slice", [None, 1, 2, 3])
+def test_frame_sliced_decode_matches_diffusers(frame_slice: int | None) -> None:
+    """Decoding the full-resolution stages a slice of frames at a time (the memory saver) is the same decoder."""
+    vae = random_vae(tiny_vae_config(), seed=5)
+    ref = to_diffusers_vae(vae)
+    lat = torch.randn(1, 16, 4, 4, 6, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = vae.decode(lat, frame_slice=frame_slice)
+        ref_out = ref.decode(lat / vae.latent_inv_std + vae.latent_mean).sample
+    assert out.shape == (1, 3, 13, 32, 48)
+    assert rel_err(out, ref_out) <= FP32_TOL
+
+
 def test_decode_clamps_to_unit_range() -> None:
     vae = random_vae(tiny_vae_config())
     with torch.no_grad():

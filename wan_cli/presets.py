@@ -24,7 +24,7 @@ from .engine.errors import InputError
 Task = Literal["t2v", "i2v", "flf2v"]
 SolverName = Literal["unipc", "dpm++", "euler"]
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
-DtypeName = Literal["auto", "bf16", "fp16", "fp32"]
+DtypeName = Literal["auto", "bf16", "fp16", "fp32", "fp8"]
 
 
 def parse_size(value: object) -> tuple[int, int]:

@@ -32,7 +32,20 @@ def bench(
     dtype: Annotated[
         str,
         typer.Option(
-            "--dtype", metavar="auto|bf16|fp16|fp32", help="DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU)."
+            "--dtype",
+            metavar="auto|bf16|fp16|fp32|fp8",
+            help="DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU); fp8: block weights stored in fp8.",
+        ),
+    ] = "auto",
+    fp8_matmul: Annotated[
+        bool, typer.Option("--fp8-matmul", help="With fp8 weights, multiply in fp8 too (torch._scaled_mm; Hopper).")
+    ] = False,
+    offload: Annotated[
+        str,
+        typer.Option(
+            "--offload",
+            metavar="auto|none|model|blocks",
+            help="Memory mode, as in `wan t2v` (auto: the fastest that fits the free GPU memory).",
         ),
     ] = "auto",
     attention: Annotated[
@@ -59,21 +72,25 @@ def bench(
 
       wan bench -m 14b-t2v --size 1280x720 --steps 1
 
+      wan bench -m 14b-t2v --size 1280x720 --dtype fp8 --offload blocks   # the least GPU memory
+
       wan bench --device cpu --size 256x256 --frames 9 --steps 1 --no-vae
     """
     record = run_guarded(lambda: _bench(model, size, frames, steps, weights, device, dtype, attention,
-                                        text_encoder, vae, compile, json_out), stderr)  # fmt: skip
+                                        text_encoder, vae, compile, json_out, offload, fp8_matmul), stderr)  # fmt: skip
     emit_json(record)
 
 
 def _bench(model: str, size: str | None, frames: int | None, steps: int, weights: str, device: str, dtype: str,
            attention: str, text_encoder: bool | None, vae: bool, compile: bool,
-           json_out: bool) -> dict[str, object]:  # fmt: skip
+           json_out: bool, offload: str = "auto", fp8_matmul: bool = False) -> dict[str, object]:  # fmt: skip
     import torch
 
-    from ..engine.bench import BENCH_MODELS, BenchRequest, run_bench
+    from ..engine.bench import BENCH_MODELS, BenchRequest, latent_shape, run_bench
     from ..engine.errors import InputError
+    from ..engine.memory import OFFLOAD_MODES, choose_offload
     from ..engine.ops import set_attention_backend
+    from ..engine.transformer import DIT_CONFIGS, dit_weight_bytes
     from ..presets import Values, load_preset
     from ..registry import get
     from .generate import pick_device
@@ -88,6 +105,8 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
         raise UsageError(f"invalid value for --steps: {steps}", hint="at least 1")
     if weights not in ("random", "installed"):
         raise UsageError(f"invalid value for --weights: {weights!r}", hint="random or installed")
+    if offload != "auto" and offload not in OFFLOAD_MODES:
+        raise UsageError(f"invalid value for --offload: {offload!r}", hint="use auto, none, model or blocks")
     _, preset = load_preset(spec.preset)
     try:
         layer = Values.model_validate({k: v for k, v in (("size", size), ("frames", frames), ("device", device),
@@ -98,6 +117,13 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
     dev = pick_device(layer.device or "auto")
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dt = dtypes.get(layer.dtype or "auto") or (torch.float32 if dev == "cpu" else torch.bfloat16)
+    fp8 = layer.dtype == "fp8" or fp8_matmul
+    n_frames = layer.frames or preset.frames or 81
+    if offload == "auto":
+        cfg = DIT_CONFIGS[BENCH_MODELS[spec.name]]
+        f, lh, lw = latent_shape(w, h, n_frames)
+        free = torch.cuda.mem_get_info(dev)[0] if dev.startswith("cuda") else 2**62  # a CPU has no device budget
+        offload = choose_offload(free, dit_weight_bytes(cfg, 2, fp8=fp8), cfg.dim, cfg.ffn_dim, f * lh * lw // 4)
     set_attention_backend(attention)
     dit = None
     if weights == "installed":
@@ -105,10 +131,17 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
         from ..hub import resolve_model
 
         files = resolve_model(spec.name)
-        dit = load_transformer(files.dit or files.root or "", device=dev, dtype=dt)
-    req = BenchRequest(model=spec.name, width=w, height=h, frames=layer.frames or preset.frames or 81, steps=steps,
+        load_on = "cpu" if offload == "blocks" else dev
+        dit = load_transformer(files.dit or files.root or "", device=load_on, dtype=dt, fp8=fp8)
+        if offload == "blocks":
+            from ..engine.memory import BlockStreamer, move_except
+
+            BlockStreamer(dit.blocks, dev)
+            move_except(dit, dev, (dit.blocks,))
+    req = BenchRequest(model=spec.name, width=w, height=h, frames=n_frames, steps=steps,
                        full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit, compile=compile,
-                       text_encoder=text_encoder if text_encoder is not None else dev != "cpu")  # fmt: skip
+                       text_encoder=text_encoder if text_encoder is not None else dev != "cpu",
+                       offload=offload, fp8=fp8, fp8_matmul=fp8_matmul)  # type: ignore[arg-type]  # fmt: skip
     log = (lambda _: None) if json_out else (lambda m: stderr.print(f"[dim]{m}…[/]"))
     result = run_bench(req, log)
     if not json_out:
@@ -122,6 +155,7 @@ def _table(r: dict[str, object]) -> None:
 
     rows = [
         ("device", f"{r['device_name']} ({r['device']}, {r['dtype']})"),
+        ("memory mode", f"offload {r['offload']}, DiT weights {r['weights']}"),
         ("shape", f"{r['model']} · {r['size']} · {r['frames']} frames · {r['tokens']} tokens"),
         ("matmul peak", fmt(r["matmul_tflops"], " TFLOP/s", 1)),
         ("DiT step (cond + uncond)", fmt(r["step_s"], " s", 3) + (" (compiled)" if r["compiled"] else "")),

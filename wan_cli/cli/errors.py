@@ -21,7 +21,7 @@ class UsageError(WanError):
     """The command line itself is wrong (a bad option value, conflicting options): exit code 2."""
 
 
-OOM_HINT = "try --offload model, a smaller --size or fewer --frames"
+OOM_HINT = "try --offload blocks (and --dtype fp8), a smaller --size or fewer --frames"
 
 
 def debug_enabled() -> bool:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 # The model each command uses when neither -m, WAN_MODEL nor a preset names one.
 DEFAULT_MODEL = {"t2v": "1.3b-t2v", "i2v": "14b-i2v-480p", "flf2v": "14b-flf2v-720p"}
-OFFLOAD = ("auto", "none", "model")
+OFFLOAD = ("auto", "none", "model", "blocks")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ class Run:
     image: str | None = None
     last_frame: str | None = None
     batch: bool = False
-    pipelines: dict[tuple[str, str, str], Pipeline] = field(default_factory=dict)
+    pipelines: dict[tuple[str, str, bool], Pipeline] = field(default_factory=dict)
 
 
 @dataclass
@@ -300,6 +300,8 @@ def settings_record(job: Job, result: GenerationResult, timings: dict[str, float
         },
         "device": req.device,
         "dtype": str(req.dtype).removeprefix("torch.") if req.dtype is not None else None,
+        "weights": result.weights,
+        "offload": result.offload,
         "wan_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -315,17 +317,21 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def pipeline_for(run: Run, request: GenerationRequest) -> Pipeline:
+def pipeline_for(run: Run, job: Job) -> Pipeline:
+    """One pipeline per device, dtype and weight format, so a batch loads each model once."""
     from ..engine.pipeline import Pipeline
 
+    request = job.request
     device = str(request.device)
-    policy = {"none": "keep", "model": "offload"}.get(run.opts.offload)
-    if policy is None and run.batch:
-        policy = "keep" if device == "cpu" else "offload"  # a batch never reloads weights from disk
-    key = (device, str(request.dtype), policy or "default")
+    offload = None if run.opts.offload == "auto" else run.opts.offload
+    policy = None
+    if run.batch:  # a batch never reloads weights from disk
+        policy = "keep" if device == "cpu" or offload == "none" else "offload"
+    fp8 = job.settings.dtype == "fp8"
+    key = (device, str(request.dtype), fp8)
     if key not in run.pipelines:
-        run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy,  # type: ignore[arg-type]
-                                      compile=run.opts.compile)  # fmt: skip
+        run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy, offload=offload,  # type: ignore[arg-type]
+                                      fp8=fp8, compile=run.opts.compile)  # fmt: skip
     return run.pipelines[key]
 
 
@@ -334,7 +340,7 @@ def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
 
     t_start = time.perf_counter()
     ui.phase("load + encode")
-    result = pipeline_for(run, job.request).generate(job.request, progress=ui.update)
+    result = pipeline_for(run, job).generate(job.request, progress=ui.update)
     req = result.request
     timings = dict(result.timings)
     record = settings_record(job, result, timings)
@@ -403,7 +409,7 @@ def run_items(run: Run, items: list[Item]) -> None:
 def start(command: str, prompt: str | None, image: str | None, last_frame: str | None, raw: dict[str, Any]) -> None:
     opts = Options(**raw)
     if opts.offload not in OFFLOAD:
-        raise UsageError(f"invalid value for --offload: {opts.offload!r}", hint="use auto, none or model")
+        raise UsageError(f"invalid value for --offload: {opts.offload!r}", hint="use auto, none, model or blocks")
     if opts.json_out and opts.quiet:
         raise UsageError("--json and --quiet cannot be used together", hint="pick one")
     flags = flag_values(opts)

@@ -37,8 +37,11 @@ HELP = {
     "image_encoder": "CLIP weights (i2v), overriding the model's.",
     "tokenizer": "Tokenizer folder, overriding the model's.",
     "device": "Where to run. Env: WAN_DEVICE.",
-    "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU). Env: WAN_DTYPE.",
-    "offload": "Between phases keep models on the GPU (none) or move them to CPU RAM (model).",
+    "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU); fp8 stores the DiT's block weights in fp8 "
+    "(half the memory of bf16) and computes in the auto dtype. Env: WAN_DTYPE.",
+    "offload": "Memory mode: none (every model stays on the GPU), model (each model visits the GPU for its phase; "
+    "the text encoder streams its blocks), blocks (the DiT streams its blocks too: least memory). auto: the fastest "
+    "that fits the free GPU memory.",
     "compile": "torch.compile the DiT blocks: a one-time ~20 s, then ~25% faster steps on a GPU.",
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
@@ -66,8 +69,8 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("image_encoder", Path | None, ("--image-encoder",), "PATH", None),
     ("tokenizer", Path | None, ("--tokenizer",), "PATH", None),
     ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
-    ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32", None),
-    ("offload", str, ("--offload",), "auto|none|model", "auto"),
+    ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32|fp8", None),
+    ("offload", str, ("--offload",), "auto|none|model|blocks", "auto"),
     ("compile", bool, ("--compile",), None, False),
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),

@@ -19,7 +19,18 @@ from typing import Any
 
 import torch
 
-from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer, compile_blocks
+from .memory import BlockStreamer, Offload
+from .ops import quantize_fp8
+from .transformer import (
+    DIT_CONFIGS,
+    FP8_KEYS,
+    Linear,
+    WanDiTConfig,
+    WanModel,
+    build_transformer,
+    compile_blocks,
+    set_fp8_matmul,
+)
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
 
 TEXT_TOKENS = 512  # the DiT always sees 512 text positions (zero-padded)
@@ -102,18 +113,41 @@ def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 / seconds
 
 
-def random_dit(cfg: WanDiTConfig, device: torch.device, dtype: torch.dtype, seed: int = 0) -> WanModel:
+def random_dit(
+    cfg: WanDiTConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int = 0,
+    *,
+    fp8: bool = False,
+    stream_blocks: bool = False,
+) -> WanModel:
     """The DiT at its true shape with random weights drawn on ``device`` (a CPU init of 14B parameters would take
-    minutes): N(0, 0.02) matrices, norm gains near 1, the official dtype rules (fp32 where the model keeps fp32)."""
+    minutes): N(0, 0.02) matrices, norm gains near 1, the official dtype rules (fp32 where the model keeps fp32).
+
+    ``fp8``: the block matmul weights quantised as ``--dtype fp8`` stores them. ``stream_blocks``: each block tensor
+    goes to host memory as soon as it is drawn (so a 14B model never sits whole on the device) and the blocks are
+    streamed as ``--offload blocks`` does."""
     model = build_transformer(cfg)
     g = torch.Generator(device).manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters():
         t = torch.randn(p.shape, device=device, generator=g) * (0.02 if p.ndim >= 2 else 0.1)
         if "norm" in name:
             t += 1.0
-        state[name] = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
+        if fp8 and FP8_KEYS.match(name):
+            t, scales[name] = quantize_fp8(t)
+        else:
+            t = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
+        state[name] = t.cpu() if stream_blocks and name.startswith("blocks.") else t
     model.load_state_dict(state, strict=True, assign=True)
+    for name, scale in scales.items():
+        layer = model.get_submodule(name.removesuffix(".weight"))
+        assert isinstance(layer, Linear)
+        layer.store_fp8(state[name], scale.to(state[name].device), dtype)
+    if stream_blocks:
+        BlockStreamer(model.blocks, device)
     return model.eval().requires_grad_(False)
 
 
@@ -152,6 +186,9 @@ class BenchRequest:
     vae: bool = True
     dit: WanModel | None = None  # an installed model instead of random weights
     compile: bool = False  # torch.compile the DiT blocks (the first step then includes the compilation)
+    offload: Offload = "none"  # model: the text encoder streams its blocks, CFG in two passes; blocks: the DiT too
+    fp8: bool = False  # DiT block weights stored in fp8 (`--dtype fp8`), computed in `dtype`
+    fp8_matmul: bool = False  # and multiplied in fp8 (torch._scaled_mm)
 
 
 @dataclass
@@ -171,6 +208,8 @@ class BenchResult:
     dit_peak_gib: float
     first_step_s: float = 0.0  # the warm-up step (includes torch.compile's compilation with --compile)
     compiled: bool = False
+    offload: str = "none"
+    weights: str = "as stored"  # or fp8 / fp8 matmul
     text_encode_s: float | None = None
     text_peak_gib: float | None = None
     vae_decode_s: float | None = None
@@ -192,8 +231,9 @@ def _device_name(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def bench_text_encoder(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
-    """UMT5-XXL at its true shape (random weights): one batch of prompt + negative prompt, 512 tokens each."""
+def bench_text_encoder(device: torch.device, dtype: torch.dtype, stream: bool = False) -> tuple[float, float]:
+    """UMT5-XXL at its true shape (random weights): one batch of prompt + negative prompt, 512 tokens each.
+    ``stream``: as the offload modes run it, blocks streamed from host memory, the embedding lookup on the CPU."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24,
@@ -202,19 +242,38 @@ def bench_text_encoder(device: torch.device, dtype: torch.dtype) -> tuple[float,
         with torch.device("meta"):
             model = UMT5EncoderModel(cfg)
         g = torch.Generator(device).manual_seed(0)
-        state = {n: (torch.randn(p.shape, device=device, generator=g) * 0.02).to(dtype)
-                 for n, p in model.state_dict().items()}  # fmt: skip
-        for n in state:
+        state = {}
+        for n, p in model.state_dict().items():
+            t = torch.randn(p.shape, device=device, generator=g) * 0.02
             if "layer_norm" in n:
-                state[n] = torch.ones_like(state[n])
+                t = torch.ones_like(t)
+            host = stream and (n.startswith("encoder.block.") or n == "shared.weight")
+            state[n] = t.to(dtype).cpu() if host else t.to(dtype)
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
-        ids = torch.randint(0, 256384, (2, TEXT_TOKENS), device=device, generator=g)
-        mask = torch.ones_like(ids)
+        del state
+        if stream:
+            BlockStreamer(model.encoder.block, device)
+        ids = torch.randint(0, 256384, (2, TEXT_TOKENS), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids, device=device)
         with torch.inference_mode():
-            seconds = timed(functools.partial(model, input_ids=ids, attention_mask=mask), device, repeats=1)
-        del model, state
+            seconds = timed(functools.partial(_encode_embedded, model, ids, mask), device, repeats=1)
+        del model
     return seconds, mem.gib
+
+
+def _encode_embedded(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> object:
+    """The text encoder as the pipeline runs it: the embedding lookup where the table lives, the rest on mask's
+    device."""
+    table = model.get_input_embeddings()
+    return model(inputs_embeds=table(ids.to(table.weight.device)).to(mask.device), attention_mask=mask)
+
+
+def _cfg_step(model: WanModel, args: tuple[torch.Tensor | None, ...], batched: bool) -> object:
+    """One denoising step's DiT work: cond + uncond as one batch of two, or (offload modes) two passes."""
+    if batched:
+        return model(*args)
+    return [model(*(a[i : i + 1] if a is not None else None for a in args)) for i in (0, 1)]
 
 
 def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
@@ -231,13 +290,20 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
     text_s = text_mem = None
     if req.text_encoder:
         log("timing the text encoder (UMT5-XXL, 5.7B parameters)")
-        text_s, text_mem = bench_text_encoder(device, torch.bfloat16 if req.dtype != torch.float32 else req.dtype)
+        text_dtype = torch.bfloat16 if req.dtype != torch.float32 else req.dtype
+        text_s, text_mem = bench_text_encoder(device, text_dtype, stream=req.offload != "none")
     else:
         notes.append("text encoder not timed (--no-text-encoder)")
 
     log(f"building the DiT ({BENCH_MODELS[req.model]}, {'installed' if req.dit else 'random'} weights)")
+    stream = req.offload == "blocks"
     with PeakMemory(device) as dit_mem:
-        model = req.dit if req.dit is not None else random_dit(cfg, device, req.dtype)
+        if req.dit is not None:
+            model = req.dit
+        else:
+            model = random_dit(cfg, device, req.dtype, fp8=req.fp8 or req.fp8_matmul, stream_blocks=stream)
+        if req.fp8_matmul:
+            set_fp8_matmul(model, True)
         if req.compile:
             compile_blocks(model)
         g = torch.Generator(device).manual_seed(1)
@@ -247,8 +313,10 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
         clip_fea = torch.randn(2, clip, 1280, device=device, generator=g) if clip else None
         y = torch.randn(2, 20, f, h, w, device=device, generator=g) if cfg.model_type != "t2v" else None
         log(f"timing {req.steps} DiT steps at {tokens} tokens (+1 warm-up)")
+        step_fn = functools.partial(_cfg_step, model, (x, t, ctx, clip_fea, y), req.offload == "none")
         with torch.inference_mode():
-            first, step = timed_with_first(functools.partial(model, x, t, ctx, clip_fea, y), device, req.steps)
+            first, step = timed_with_first(step_fn, device, req.steps)
+        del step_fn
     del model, x, ctx, clip_fea, y
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -277,7 +345,8 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
         dtype=str(req.dtype).removeprefix("torch."), size=f"{req.width}x{req.height}", frames=req.frames,
         tokens=tokens, matmul_tflops=peak / 1e12, step_s=step, flop_per_step=flops,
         achieved_tflops=flops / step / 1e12, peak_fraction=flops / step / peak, dit_peak_gib=dit_mem.gib,
-        first_step_s=first, compiled=req.compile,
+        first_step_s=first, compiled=req.compile, offload=req.offload,
+        weights="fp8 matmul" if req.fp8_matmul else "fp8" if req.fp8 else "as stored",
         text_encode_s=text_s, text_peak_gib=text_mem, vae_decode_s=vae_s, vae_fps=vae_fps, vae_peak_gib=vae_mem,
         full_steps=req.full_steps, projected_s=projected, notes=notes,
     )  # fmt: skip

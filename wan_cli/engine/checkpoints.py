@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 
 from .errors import CheckpointError
-from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
+from .ops import FP8, quantize_fp8
+from .transformer import DIT_CONFIGS, FP8_KEYS, Linear, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
 from .vae import WanVAE, WanVAEConfig, build_vae
 
 Kind = Literal["dit", "vae", "text_encoder", "clip", "unknown"]
@@ -549,12 +550,17 @@ def load_transformer(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     model_type: ModelType | None = None,
+    fp8: bool = False,
 ) -> WanModel:
     """Load the Wan DiT from a file, an official folder, a Diffusers model folder or a Diffusers pipeline folder.
 
     ``dtype`` is the compute dtype: matmul weights are stored in it; the time embedding, modulation, norms and head
     stay fp32 (official precision rules). fp8 and scaled-fp8 weights are dequantised to it. With ``model_type``,
     a checkpoint of another type (say an i2v model for t2v) is refused before any data is read.
+
+    ``fp8``: the blocks' matmul weights (``FP8_KEYS``) are stored as scaled float8_e4m3fn instead (``--dtype fp8``):
+    an e4m3fn file's values are kept as they are (with its ``scale_weight``, or 1), anything else is quantised
+    per tensor while loading, one tensor at a time.
     """
     plan = _DiTPlan(path)
     if model_type is not None and plan.config.model_type != model_type:
@@ -568,11 +574,30 @@ def load_transformer(
     to_file = {k: plan.prefix + plan.rename(k) for k in expected}
     check_keys(plan.src, expected, to_file, f"{plan.config.model_type} DiT")
     dev = _torch_device(device)
-    state = {
-        k: materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev) for k, f in to_file.items()
-    }
+    scales: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor] = {}
+    for k, f in to_file.items():
+        if fp8 and FP8_KEYS.match(k):
+            state[k], scales[k] = _fp8_weight(plan.src, f, dev)
+        else:
+            state[k] = materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev)
     model.load_state_dict(state, strict=True, assign=True)
+    for k, scale in scales.items():
+        layer = model.get_submodule(k.removesuffix(".weight"))
+        assert isinstance(layer, Linear)
+        layer.store_fp8(state[k], scale, dtype)
     return model.eval().requires_grad_(False)
+
+
+def _fp8_weight(src: TensorSource, file_key: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float8_e4m3fn values, fp32 scale) for one weight: an e4m3fn file's own, or quantised from the file's."""
+    raw = src.get(file_key)
+    scale_key = file_key.removesuffix(".weight") + SCALE_SUFFIX
+    if raw.dtype == FP8:
+        scale = src.get(scale_key).float() if scale_key in src else torch.tensor(1.0)
+        return raw.to(device), scale.reshape(()).to(device)
+    q, scale = quantize_fp8(materialise(src, file_key, torch.float32, "cpu"))
+    return q.to(device), scale.to(device)
 
 
 def peek_transformer_config(path: str | Path) -> WanDiTConfig:

@@ -103,22 +103,31 @@ class TextEncoder:
         self.model = model
         self.tokenizer = tokenizer
         self.text_len = text_len
+        self._run_on: torch.device | None = None
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the encoder runs (its blocks may live elsewhere and be streamed there)."""
+        return self._run_on or next(self.model.parameters()).device
 
     def to(self, device: str | torch.device) -> TextEncoder:
         self.model.to(device)
         return self
+
+    def run_on(self, device: str | torch.device) -> None:
+        """Run on ``device`` with the token embedding table left wherever it is (the CPU when blocks are streamed):
+        the lookup happens there and only the looked-up rows [B, 512, 4096] travel."""
+        self._run_on = torch.device(device)
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> list[torch.Tensor]:
         texts = [clean_prompt(p) for p in prompts]
         tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.text_len,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
-        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
-        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ids, mask = tok["input_ids"], tok["attention_mask"]
+        table = self.model.get_input_embeddings()
+        embeds = table(ids.to(table.weight.device)).to(self.device)
+        hidden = self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
         return [h[:n] for h, n in zip(hidden, mask.sum(dim=1).tolist(), strict=True)]
 
 

@@ -157,7 +157,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     xf = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     re, im = xf[..., 0], xf[..., 1]
     c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.empty_like(xf)  # written in place: no stacked temporaries
+    if torch.compiler.is_compiling():  # inductor fuses this into one kernel; `out=` views would break the graph
+        return torch.stack([re * c - im * s, re * s + im * c], dim=-1).flatten(-2)
+    out = torch.empty_like(xf)  # eager: written in place, no stacked temporaries
     torch.addcmul(re * c, im, s, value=-1, out=out[..., 0])
     torch.addcmul(re * s, im, c, out=out[..., 1])
     return out.flatten(-2)
@@ -169,11 +171,48 @@ def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x)
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# fp8 weights
+# --------------------------------------------------------------------------------------------------------------------
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # the largest finite float8_e4m3fn
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled fp8: W ≈ q · scale with q float8_e4m3fn and scale = max|W| / 448 (a 0-dim fp32 tensor)."""
+    scale = (w.detach().abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+    return (w.detach().float() / scale).to(FP8), scale
+
+
+def fp8_linear(
+    x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, scaled_mm: bool = False
+) -> torch.Tensor:
+    """y = x · (q · scale)ᵀ + b in x's dtype, for fp8 weights q [out, in].
+
+    Default: the weight is dequantised for this call (q · scale in fp32, then cast to x's dtype), so the matmul is
+    the ordinary one and the only error is the weight's fp8 rounding. ``scaled_mm``: x is quantised to fp8 too
+    (per-tensor, max|x| / 448, computed on the device: no host sync) and ``torch._scaled_mm`` multiplies in fp8
+    (Hopper/Ada tensor cores: twice the bf16 rate), at the price of the activations' rounding as well.
+    """
+    if not scaled_mm:
+        return F.linear(x, (q.float() * scale).to(x.dtype), bias)
+    lead, n = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, n)
+    sx = (x2.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+    xq = (x2.float() / sx).to(FP8)
+    y = torch._scaled_mm(xq, q.t(), scale_a=sx, scale_b=scale.float(), bias=bias, out_dtype=x.dtype)
+    return y.view(*lead, -1)
+
+
 __all__ = [
     "ATTENTION_BACKENDS",
+    "FP8",
     "apply_rope",
     "attention",
     "available_backends",
+    "fp8_linear",
+    "quantize_fp8",
     "rms_normalize",
     "rope_axis_dims",
     "rope_cos_sin",

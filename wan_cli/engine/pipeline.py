@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from .checkpoints import load_transformer, load_vae, peek_transformer_config
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
+from .memory import BlockStreamer, Offload, choose_offload, move_except
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
-from .transformer import WanModel, a_model, compile_blocks
+from .transformer import WanModel, a_model, compile_blocks, dit_weight_bytes, set_fp8_matmul
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE, check_frame_count
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,8 @@ class GenerationResult:
     request: GenerationRequest  # with seed, size and negative prompt resolved
     latents: torch.Tensor  # [16, F_lat, H/8, W/8] float32, CPU
     timings: dict[str, float] = field(default_factory=dict)
+    offload: str = "none"  # the memory mode used
+    weights: str = "as stored"  # the DiT's block weights: "as stored" (in the compute dtype) or "fp8"
     _decode: Callable[[], Iterator[torch.Tensor]] | None = None
 
     @property
@@ -250,7 +253,9 @@ def predict_velocity(
     guidance: float,
     batch: bool,
 ) -> torch.Tensor:
-    """Classifier-free guidance u + g·(c − u); one batched forward for both, or two sequential ones."""
+    """Classifier-free guidance u + g·(c − u); one batched forward for both, or two sequential ones.
+    ``t`` should already be on x's device: a blocking host→device copy per step would stall the CPU until the GPU
+    has drained its queue (``denoise`` moves all timesteps once)."""
     ts = t.reshape(1).to(x.device)
 
     def run(cs: list[Conditioning]) -> torch.Tensor:
@@ -285,7 +290,9 @@ def denoise(
     schedule = make_schedule(steps, shift, solver)
     state = new_state(schedule, solver)
     latents = noise
-    for i, t in enumerate(schedule.timesteps):
+    # All timesteps go to the device in one copy before the loop; the solver's σ arithmetic uses CPU scalars (passed
+    # by value to the kernels). So no step waits for the GPU: the CPU queues the next forward while it computes.
+    for i, t in enumerate(schedule.timesteps.to(noise.device)):
         v = predict_velocity(model, latents, t, cond, uncond, guidance, batch)
         latents = step(state, i, latents, v.float())
         if progress is not None:
@@ -315,20 +322,46 @@ def default_dtype(device: torch.device) -> torch.dtype:
 class Pipeline:
     """Loads each component when its phase needs it and keeps, offloads or releases it afterwards.
 
-    policy: ``keep`` (everything stays loaded: fastest for batches), ``offload`` (a finished phase's models move
-    to the CPU, the official ``--offload_model``), ``release`` (they are freed and reloaded when needed again;
-    the least memory). Default: ``release`` on the CPU, ``offload`` on accelerators. Loads and releases are
-    logged at DEBUG level on ``wan_cli.engine.pipeline``.
+    offload: the memory mode (``memory.py``): ``none``, ``model`` (models visit the device for their phase; the
+    text encoder streams its blocks; CFG passes run one after the other), ``blocks`` (the DiT streams its blocks
+    too); ``None`` picks from the free device memory at the first video (``none`` on the CPU).
+    policy: what happens to a finished phase's models: ``keep`` (stay loaded: fastest for batches), ``offload``
+    (moved to the CPU), ``release`` (freed, reloaded when needed again; the least memory). Default: ``release`` on
+    the CPU; on accelerators ``keep`` with offload ``none``, else ``offload``.
+    fp8: store the DiT blocks' matmul weights as scaled float8_e4m3fn (half of bf16), computing in ``dtype``;
+    fp8_matmul: multiply in fp8 too (``torch._scaled_mm``). Loads, moves and releases are logged at DEBUG level
+    on ``wan_cli.engine.pipeline``.
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                 policy: MemoryPolicy | None = None, compile: bool = False) -> None:  # fmt: skip
+                 policy: MemoryPolicy | None = None, offload: Offload | None = None, fp8: bool = False,
+                 fp8_matmul: bool = False, compile: bool = False) -> None:  # fmt: skip
         self.device = torch.device(device)
         self.compile = compile  # torch.compile the DiT blocks (transformer.compile_blocks)
         self.dtype = dtype or default_dtype(self.device)
-        self.policy: MemoryPolicy = policy or ("release" if self.device.type == "cpu" else "offload")
+        self.fp8, self.fp8_matmul = fp8 or fp8_matmul, fp8_matmul
+        self.offload: Offload | None = offload if offload is not None or self.device.type != "cpu" else "none"
+        self._policy = policy
         self._models: dict[tuple[str, str], Any] = {}  # (component, path) → loaded model
+        self._streamers: dict[tuple[str, str], tuple[BlockStreamer, torch.nn.Module, tuple[torch.nn.Module, ...]]] = {}
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}  # (encoder path, prompt) → embedding (CPU)
+
+    @property
+    def policy(self) -> MemoryPolicy:
+        if self._policy is not None:
+            return self._policy
+        if self.device.type == "cpu":
+            return "release"
+        return "keep" if self.offload == "none" else "offload"
+
+    def _resolve_offload(self, dit_cfg: Any, tokens: int) -> Offload:
+        """The memory mode for ``offload=None`` on an accelerator, from its free memory (decided once)."""
+        if self.offload is None:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+            dit = dit_weight_bytes(dit_cfg, 2, fp8=self.fp8)
+            self.offload = choose_offload(free, dit, dit_cfg.dim, dit_cfg.ffn_dim, tokens)
+            log.debug("offload %s (free %.1f GiB)", self.offload, free / 2**30)
+        return self.offload
 
     # -- component cache ----------------------------------------------------------------------------------------------
 
@@ -346,8 +379,26 @@ class Pipeline:
         model = self._models[key]
         if self.policy == "offload" and self.device.type != "cpu":
             log.debug("move %s to %s", component, self.device)
-            model.to(self.device)
+            self._move(key, self.device)
         return model
+
+    def _move(self, key: tuple[str, str], device: torch.device | str) -> None:
+        if key in self._streamers:  # streamed blocks stay in host memory: move the rest
+            streamer, root, stay = self._streamers[key]
+            move_except(root, device, stay)
+            if torch.device(device).type == "cpu":
+                streamer.release()
+        else:
+            self._models[key].to(device)
+
+    def _stream(self, key: tuple[str, str], root: torch.nn.Module, blocks: torch.nn.ModuleList,
+                host_only: tuple[torch.nn.Module, ...] = ()) -> None:  # fmt: skip
+        """Stream ``blocks`` of the model ``root`` through the device; the rest of ``root`` lives on the device
+        (except ``host_only`` modules, which stay on the CPU)."""
+        log.debug("stream the %d blocks of %s through %s", len(blocks), key[0], self.device)
+        stay = (blocks, *host_only)
+        self._streamers[key] = (BlockStreamer(blocks, self.device), root, stay)
+        move_except(root, self.device, stay)
 
     def _done(self, component: str) -> None:
         """The phase that used ``component`` is over: apply the memory policy."""
@@ -355,12 +406,20 @@ class Pipeline:
         for key in keys:
             if self.policy == "release":
                 log.debug("release %s", component)
+                if key in self._streamers:
+                    self._streamers.pop(key)[0].detach()
                 del self._models[key]
             elif self.policy == "offload" and self.device.type != "cpu":
                 log.debug("offload %s to cpu", component)
-                self._models[key].to("cpu")
+                self._move(key, "cpu")
+            elif key in self._streamers:
+                self._streamers[key][0].release()  # the slots' device memory goes back for the next phase
         if keys and self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    @property
+    def _stream_text(self) -> bool:
+        return self.offload in ("model", "blocks")
 
     @property
     def _load_device(self) -> torch.device:
@@ -369,9 +428,18 @@ class Pipeline:
 
     def text_encoder(self, path: str, tokenizer: str | None) -> TextEncoder:
         dtype = torch.bfloat16 if self._half else torch.float32  # official: UMT5 in bf16
-        dev = self._load_device
-        return self._get("text_encoder", path, lambda: load_text_encoder(path, tokenizer=tokenizer, device=dev,
-                                                                         dtype=dtype))  # fmt: skip
+        stream = self._stream_text
+        dev = torch.device("cpu") if stream else self._load_device
+
+        def load() -> TextEncoder:
+            enc = load_text_encoder(path, tokenizer=tokenizer, device=dev, dtype=dtype)
+            if stream:  # the token embedding table (2 GB) stays on the CPU: a lookup needs no GPU
+                enc.run_on(self.device)
+                model = enc.model
+                self._stream(("text_encoder", path), model, model.encoder.block, (model.shared,))
+            return enc
+
+        return self._get("text_encoder", path, load)
 
     def image_encoder(self, path: str) -> ImageEncoder:
         dtype = torch.float16 if self._half else torch.float32  # official: CLIP in fp16
@@ -379,10 +447,15 @@ class Pipeline:
         return self._get("image_encoder", path, lambda: load_image_encoder(path, device=dev, dtype=dtype))
 
     def dit(self, path: str, task: Task) -> WanModel:
-        dev = self._load_device
+        stream = self.offload == "blocks"
+        dev = torch.device("cpu") if stream else self._load_device
 
         def load() -> WanModel:
-            model = load_transformer(path, device=dev, dtype=self.dtype, model_type=task)
+            model = load_transformer(path, device=dev, dtype=self.dtype, model_type=task, fp8=self.fp8)
+            if self.fp8_matmul:
+                set_fp8_matmul(model, True)
+            if stream:
+                self._stream(("dit", path), model, model.blocks)
             return compile_blocks(model) if self.compile else model
 
         return self._get("dit", path, load)
@@ -392,6 +465,9 @@ class Pipeline:
         return self._get("vae", path, lambda: load_vae(path, device=dev))  # fp32, as official
 
     def close(self) -> None:
+        for streamer, _, _ in self._streamers.values():
+            streamer.detach()
+        self._streamers.clear()
         self._models.clear()
         self._text_cache.clear()
 
@@ -425,6 +501,9 @@ class Pipeline:
                 hint="pick the matching checkpoint (`wan inspect PATH` tells what a file holds)",
             )
         timings: dict[str, float] = {}
+        tokens = (request.frames - 1) // TEMPORAL_STRIDE + 1
+        tokens *= (request.height // SPATIAL_STRIDE // 2) * (request.width // SPATIAL_STRIDE // 2)
+        self._resolve_offload(dit_cfg, tokens)
         seed = resolve_seed(request.seed)
         negative = request.negative_prompt or DEFAULT_NEGATIVE_PROMPTS[request.task]
         req = replace(request, seed=seed, negative_prompt=negative, device=str(self.device), dtype=self.dtype)
@@ -446,8 +525,10 @@ class Pipeline:
         uncond = None if req.guidance == 1.0 else Conditioning(neg.to(dev), clip_fea, y)  # g = 1: c exactly
 
         model = self.dit(paths["dit"], req.task)
-        tokens = noise.shape[2] * noise.shape[3] * noise.shape[4] // 4
-        batch = req.cfg_batch if req.cfg_batch is not None else cfg_batch_fits(model, tokens, dev)
+        if req.cfg_batch is not None:
+            batch = req.cfg_batch
+        else:  # the offload modes save memory: one CFG pass at a time
+            batch = self.offload == "none" and cfg_batch_fits(model, tokens, dev)
         t0 = time.perf_counter()
         with torch.no_grad():
             latents = denoise(model, noise.to(dev), cond, uncond, steps=req.steps, shift=req.shift,
@@ -469,7 +550,9 @@ class Pipeline:
             finally:
                 self._done("vae")
 
-        return GenerationResult(request=req, latents=latents, timings=timings, _decode=decode)
+        weights, offload = "fp8" if self.fp8 else "as stored", self._resolve_offload(dit_cfg, 0)
+        return GenerationResult(request=req, latents=latents, timings=timings, offload=offload, weights=weights,
+                                _decode=decode)  # fmt: skip
 
     def _image_conditioning(
         self, req: GenerationRequest, paths: dict[str, str]

@@ -10,6 +10,7 @@ Module attributes are the official ``Wan2.1_VAE.pth`` keys (194 tensors at the r
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ CACHE_T = 2  # frames a causal conv keeps from the previous chunk (its temporal 
 LATENT_CHANNELS = 16
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
+# Decode the full-resolution stages this many frames at a time (see Decoder3d.forward); None: the whole chunk (4).
+DECODE_FRAME_SLICE: int | None = 1
 
 # Per-channel latent statistics (official WanVAE.__init__, verbatim); latents are (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -80,6 +83,14 @@ class FeatureCache:
 
     def start_chunk(self) -> None:
         self._cursor = 0
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    def rewind(self, cursor: int) -> None:
+        """Go back to an earlier position of this chunk's walk: the layers after it run again on another slice."""
+        self._cursor = cursor
 
     def take(self) -> int:
         """Index of the next conv's slot (slots are created as the first chunk walks the network)."""
@@ -304,10 +315,31 @@ class Decoder3d(nn.Module):
         self.head = nn.Sequential(RMS_norm(dims[-1], images=False), nn.SiLU(),
                                   CausalConv3d(dims[-1], 3, 3, padding=1))  # fmt: skip
 
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        """One latent frame [B, 16, 1, h, w] → [B, 3, 1 (first call) or 4, 8h, 8w]."""
-        x = cached_conv(self.conv1, x, cache)
-        return _run(self.head, _run(self.upsamples, _run(self.middle, x, cache), cache), cache)
+    def forward(self, x: torch.Tensor, cache: FeatureCache, frame_slice: int | None = None) -> torch.Tensor:
+        """One latent frame [B, 16, 1, h, w] → [B, 3, 1 (first call) or 4, 8h, 8w].
+
+        ``frame_slice``: once a temporal upsampling makes more frames than this, the layers after it run on slices of
+        that many frames, one slice after the other (the causal cache carries each slice's last frames into the next,
+        exactly as between chunks), so the full-resolution stages hold 1 frame instead of 4. Every layer after the
+        first temporal upsampling is per frame or causal in time, so the output is the same up to float rounding.
+        """
+        layers = [self.conv1, *self.middle, *self.upsamples, *self.head]
+        return _run_sliced(layers, 0, x, cache, frame_slice)
+
+
+def _run_sliced(
+    layers: list[nn.Module], start: int, x: torch.Tensor, cache: FeatureCache, frame_slice: int | None
+) -> torch.Tensor:
+    for j in range(start, len(layers)):
+        x = _apply(layers[j], x, cache)
+        if frame_slice is not None and x.shape[2] > frame_slice and j + 1 < len(layers):
+            mark = cache.cursor
+            outs = []
+            for piece in x.split(frame_slice, dim=2):
+                cache.rewind(mark)  # every slice visits the same cache slots, in order
+                outs.append(_run_sliced(layers, j + 1, piece, cache, frame_slice))
+            return torch.cat(outs, dim=2)
+    return x
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -434,17 +466,19 @@ class WanVAE(nn.Module):
         mu = self.conv1(self.encoder(x, cache))[:, :LATENT_CHANNELS].float()
         return (mu - self.latent_mean.float()) * self.latent_inv_std.float()
 
-    def _decode_chunk(self, z: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+    def _decode_chunk(self, z: torch.Tensor, cache: FeatureCache, frame_slice: int | None = None) -> torch.Tensor:
         z = z.float() / self.latent_inv_std.float() + self.latent_mean.float()
-        return self.decoder(self.conv2(z.to(self.dtype)), cache).float()
+        return self.decoder(self.conv2(z.to(self.dtype)), cache, frame_slice).float()
 
     # -- streaming -------------------------------------------------------------------------------------------------
 
     def stream_encoder(self, tiling: Tiling | None = None) -> StreamEncoder:
         return StreamEncoder(self, tiling)
 
-    def stream_decoder(self, tiling: Tiling | None = None) -> StreamDecoder:
-        return StreamDecoder(self, tiling)
+    def stream_decoder(
+        self, tiling: Tiling | None = None, frame_slice: int | None = DECODE_FRAME_SLICE
+    ) -> StreamDecoder:
+        return StreamDecoder(self, tiling, frame_slice)
 
     # -- whole videos ----------------------------------------------------------------------------------------------
 
@@ -458,9 +492,11 @@ class WanVAE(nn.Module):
         return torch.cat(out, dim=2)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, *, tiling: Tiling | None = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, *, tiling: Tiling | None = None, frame_slice: int | None = DECODE_FRAME_SLICE
+    ) -> torch.Tensor:
         """latents [B, 16, n, h, w] → video [B, 3, 1+4(n-1), 8h, 8w] float32, clamped to [-1, 1]."""
-        return torch.cat(list(self.stream_decoder(tiling).push(latents)), dim=2)
+        return torch.cat(list(self.stream_decoder(tiling, frame_slice).push(latents)), dim=2)
 
 
 def _check_video(video: torch.Tensor) -> None:
@@ -518,11 +554,12 @@ class StreamEncoder:
 class StreamDecoder:
     """Feed latent frames (any number per push); get pixel frames back: 1 for the first latent, then 4 per latent."""
 
-    def __init__(self, vae: WanVAE, tiling: Tiling | None) -> None:
+    def __init__(self, vae: WanVAE, tiling: Tiling | None, frame_slice: int | None = DECODE_FRAME_SLICE) -> None:
         self.vae = vae
         self.tiling = tiling
         self._runner: _TiledRunner | None = None
         self.latents_in = 0
+        self._fn = functools.partial(vae._decode_chunk, frame_slice=frame_slice)
 
     @torch.no_grad()
     def push(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -535,7 +572,7 @@ class StreamDecoder:
         latents = latents.to(self.vae.device)
         for i in range(latents.shape[2]):
             self.latents_in += 1
-            yield self._runner.run(latents[:, :, i : i + 1], self.vae._decode_chunk).clamp_(-1.0, 1.0)
+            yield self._runner.run(latents[:, :, i : i + 1], self._fn).clamp_(-1.0, 1.0)
 
 
 def build_vae(cfg: WanVAEConfig | None = None, *, device: str | torch.device = "meta") -> WanVAE:

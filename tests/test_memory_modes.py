@@ -1,0 +1,290 @@
+"""Memory modes on the CPU: block streaming, fp8 weight storage, offload modes and their choice (engine/memory.py).
+
+Every mode must give the result of the plain model: bit-identical for streaming and offloading (the same kernels
+on the same numbers), within fp8 rounding for fp8 storage, checked against diffusers with the dequantised weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from builders import (
+    dequantized_reference,
+    random_dit,
+    rel_err,
+    tiny_dit_config,
+    to_diffusers_dit,
+    write_comfy_dit,
+    write_official_model,
+)
+
+from wan_cli.engine.checkpoints import load_transformer
+from wan_cli.engine.memory import BlockStreamer, choose_offload, movable
+from wan_cli.engine.ops import FP8
+from wan_cli.engine.pipeline import GenerationRequest, Pipeline
+from wan_cli.engine.transformer import (
+    DIT_CONFIGS,
+    FP8_KEYS,
+    Linear,
+    WanModel,
+    build_transformer,
+    dit_weight_bytes,
+    quantize_fp8_,
+    set_fp8_matmul,
+    weight_bytes,
+)
+
+FP32_TOL = 1e-5
+FP8_TOL = 3e-2  # fp8 e4m3 keeps 3 mantissa bits: ~2% per weight, averaged down through the matmuls
+
+
+def _inputs(cfg, seed: int = 0):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 3, 8, 8, generator=g)
+    t = torch.tensor([999.0, 250.0])
+    ctx = torch.randn(2, 20, cfg.text_dim, generator=g)
+    return x, t, ctx
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Block streaming
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_streamed_blocks_give_identical_outputs_and_hold_two_blocks() -> None:
+    cfg = tiny_dit_config(num_layers=3)  # odd depth: the slot ring wraps around between steps
+    ref = random_dit(cfg, seed=1)
+    model = copy.deepcopy(ref)
+    hosts = {n: p.data_ptr() for n, p in model.named_parameters()}
+    streamer = BlockStreamer(model.blocks, "cpu")
+    x, t, ctx = _inputs(cfg)
+
+    seen: list[set[int]] = []  # per block run: which slot buffer its weights were in
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        spans = [(s.data_ptr(), s.data_ptr() + s.numel()) for s in streamer._slots]
+        where = set()
+        for p in module.parameters():
+            hits = [i for i, (lo, hi) in enumerate(spans) if lo <= p.data_ptr() < hi]
+            assert len(hits) == 1, "a block ran with weights outside the device slots"
+            where.add(hits[0])
+        seen.append(where)
+
+    # prepended: runs before the streamer's post-hook points the weights back to the host
+    handles = [b.register_forward_hook(record, prepend=True) for b in model.blocks]
+    with torch.no_grad():
+        for _ in range(2):  # two denoising steps
+            assert torch.equal(model(x, t, ctx), ref(x, t, ctx))
+    for h in handles:
+        h.remove()
+
+    assert len(streamer._slots) == 2 and all(len(w) == 1 for w in seen)
+    slots = [next(iter(w)) for w in seen]
+    assert all(a != b for a, b in itertools.pairwise(slots)), "consecutive blocks must alternate slots"
+    block_bytes = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in model.blocks)
+    assert streamer.slot_bytes < 1.1 * block_bytes
+    # between forwards every block's weights are back in host memory (fresh copies, not the slots)
+    slot_spans = [(s.data_ptr(), s.data_ptr() + s.numel()) for s in streamer._slots]
+    for name, p in model.blocks.named_parameters():
+        assert not any(lo <= p.data_ptr() < hi for lo, hi in slot_spans), name
+    assert hosts  # the non-block weights were not touched
+    for name, p in model.named_parameters():
+        if not name.startswith("blocks."):
+            assert p.data_ptr() == hosts[name]
+
+    streamer.release()
+    assert streamer._slots == []
+    with torch.no_grad():
+        assert torch.equal(model(x, t, ctx), ref(x, t, ctx))  # the slots come back on demand
+    streamer.detach()
+    with torch.no_grad():
+        assert torch.equal(model(x, t, ctx), ref(x, t, ctx))  # and without the hooks the host weights are used
+
+
+def test_what_moves_besides_the_streamed_blocks() -> None:
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Embedding(4, 3)
+            self.alias = torch.nn.Embedding(4, 3)
+            self.alias.weight = self.table.weight  # tied, as UMT5's shared / encoder.embed_tokens
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)])
+            self.head = torch.nn.Linear(3, 2)
+            self.register_buffer("steps", torch.zeros(2))
+
+    net = Net()
+    moved = {(type(m).__name__, name, is_param) for m, name, is_param in movable(net, (net.blocks, net.table))}
+    assert moved == {("Linear", "weight", True), ("Linear", "bias", True), ("Net", "steps", False)}
+    assert {id(m) for m, _, is_param in movable(net, (net.blocks, net.table)) if is_param} == {id(net.head)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# fp8 weights
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _dequantized_copy(model: WanModel) -> WanModel:
+    """A plain fp32 model holding exactly the values an fp8 model represents (q · scale)."""
+    ref = random_dit(model.config)
+    state = {}
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            key = f"{name}.{pname}" if name else pname
+            if isinstance(module, Linear) and module.weight_scale is not None and pname == "weight":
+                state[key] = p.float() * module.weight_scale
+            else:
+                state[key] = p.float()
+    ref.load_state_dict(state)
+    return ref
+
+
+@pytest.mark.parametrize("model_type", ["t2v", "i2v"])
+def test_fp8_storage_matches_diffusers_on_the_dequantised_weights(model_type: str) -> None:
+    cfg = tiny_dit_config(model_type, num_layers=2)
+    full = random_dit(cfg, seed=3)
+    fp8 = quantize_fp8_(copy.deepcopy(full), torch.float32)
+
+    quantised = {n for n, p in fp8.named_parameters() if p.dtype == FP8}
+    expected = {n for n, _ in full.named_parameters() if FP8_KEYS.match(n)}
+    assert quantised == expected and len(expected) == cfg.num_layers * (10 if model_type == "t2v" else 12)
+    assert set(fp8.state_dict()) == set(full.state_dict())  # the scales are not state-dict keys
+    saved = sum(p.numel() * 3 for n, p in full.named_parameters() if n in expected)  # 4 → 1 byte each
+    assert weight_bytes(full) - weight_bytes(fp8) == saved - 4 * len(expected)  # minus the fp32 scale buffers
+
+    ref = to_diffusers_dit(_dequantized_copy(fp8))
+    x, t, ctx = _inputs(cfg)
+    kw = {}
+    if model_type == "i2v":
+        g = torch.Generator().manual_seed(9)
+        kw = {"clip_fea": torch.randn(2, 257, 1280, generator=g), "y": torch.randn(2, 20, 3, 8, 8, generator=g)}
+    with torch.no_grad():
+        ours = fp8(x, t, ctx, **kw)
+        theirs = ref(
+            hidden_states=torch.cat([x, kw["y"]], 1) if kw else x,
+            timestep=t,
+            encoder_hidden_states=torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1])),
+            encoder_hidden_states_image=kw.get("clip_fea"),
+            return_dict=False,
+        )[0]
+        plain = full(x, t, ctx, **kw)
+    assert rel_err(ours, theirs) <= FP32_TOL
+    assert 0 < rel_err(ours, plain) <= FP8_TOL
+
+
+def test_fp8_matmul_path_is_within_fp8_tolerance() -> None:
+    cfg = tiny_dit_config(num_layers=2)
+    fp8 = quantize_fp8_(random_dit(cfg, seed=4), torch.float32)
+    x, t, ctx = _inputs(cfg)
+    with torch.no_grad():
+        dequant = fp8(x, t, ctx)
+        set_fp8_matmul(fp8, True)
+        scaled = fp8(x, t, ctx)
+    assert 0 < rel_err(scaled, dequant) <= FP8_TOL  # activations rounded to fp8 as well
+
+
+@pytest.mark.parametrize("precision", ["fp8", "fp8_scaled", "bf16"])
+def test_loading_as_fp8_keeps_an_fp8_file_as_it_is(tmp_path: Path, precision: str) -> None:
+    model = random_dit(tiny_dit_config(), seed=5)
+    path = write_comfy_dit(model, tmp_path / "dit.safetensors", precision)
+    loaded = load_transformer(path, fp8=True)
+    ref = dequantized_reference(model, precision)
+    for name, module in loaded.named_modules():
+        if isinstance(module, Linear) and FP8_KEYS.match(name + ".weight"):
+            assert module.weight.dtype == FP8 and module.weight_scale is not None
+            values = module.weight.float() * module.weight_scale
+            if precision == "bf16":  # quantised while loading: within one fp8 step of the file's values
+                assert rel_err(values, ref[name + ".weight"]) <= FP8_TOL
+            else:  # the file's own fp8 values and scale, untouched
+                assert torch.equal(values, ref[name + ".weight"])
+    assert sum(p.dtype == FP8 for p in loaded.parameters()) == 2 * 10
+
+
+def test_weight_bytes_of_the_real_models() -> None:
+    """fp8 about halves the 14B DiT: nearly all its parameters are block matmul weights (meta device, no memory)."""
+    cfg = DIT_CONFIGS["t2v-14B"]
+    named = list(build_transformer(cfg).named_parameters())
+    total = sum(p.numel() for _, p in named)
+    in_fp8 = sum(p.numel() for n, p in named if FP8_KEYS.match(n))
+    assert 14.0e9 < total < 14.5e9 and in_fp8 / total > 0.97
+    fp32 = sum(p.numel() for n, p in named if WanModel.keeps_fp32(n))
+    bf16, fp8 = dit_weight_bytes(cfg, 2), dit_weight_bytes(cfg, 2, fp8=True)
+    assert bf16 == 2 * total + 2 * fp32
+    assert fp8 == in_fp8 + 2 * (total - in_fp8 - fp32) + 4 * fp32
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Offload modes through the pipeline
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def t2v_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_official_model(tmp_path_factory.mktemp("t2v"), "t2v", seed=11)
+
+
+def _request(folder: Path, **over: object) -> GenerationRequest:
+    kw: dict[str, object] = dict(prompt="a red fox in snow", model=folder, width=32, height=32, frames=5, steps=3,
+                                 seed=7, cfg_batch=False)  # fmt: skip
+    kw.update(over)
+    return GenerationRequest(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("offload", ["model", "blocks"])
+def test_offload_modes_give_identical_videos(t2v_folder: Path, offload: str, caplog: pytest.LogCaptureFixture) -> None:
+    plain = Pipeline(offload="none").generate(_request(t2v_folder))
+    with caplog.at_level(logging.DEBUG, logger="wan_cli.engine.pipeline"):
+        res = Pipeline(offload=offload).generate(_request(t2v_folder))  # type: ignore[arg-type]
+        frames = list(res.frames())
+    streamed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream the")]
+    assert any("text_encoder" in m for m in streamed)  # the offload modes stream the UMT5 blocks
+    assert any(" dit " in m for m in streamed) == (offload == "blocks")
+    assert torch.equal(res.latents, plain.latents)
+    assert torch.equal(torch.cat(frames, 1), torch.cat(list(plain.frames()), 1))
+
+
+def test_offload_modes_default_to_sequential_cfg(t2v_folder: Path) -> None:
+    batched = Pipeline(offload="none").generate(_request(t2v_folder, cfg_batch=None))
+    seq = Pipeline(offload="blocks").generate(_request(t2v_folder, cfg_batch=None))
+    assert rel_err(seq.latents, batched.latents) <= FP32_TOL  # same maths, another batch shape
+
+
+def test_fp8_pipeline_in_blocks_mode(t2v_folder: Path) -> None:
+    full = Pipeline(offload="none").generate(_request(t2v_folder))
+    fp8 = Pipeline(offload="none", fp8=True).generate(_request(t2v_folder))
+    fp8_blocks = Pipeline(offload="blocks", fp8=True).generate(_request(t2v_folder))
+    assert torch.equal(fp8_blocks.latents, fp8.latents)
+    assert 0 < rel_err(fp8.latents, full.latents) <= FP8_TOL
+
+
+def test_keep_policy_with_streamed_blocks_serves_a_batch(t2v_folder: Path) -> None:
+    pipe = Pipeline(offload="blocks", policy="keep")
+    first = pipe.generate(_request(t2v_folder))
+    second = pipe.generate(_request(t2v_folder))
+    assert torch.equal(first.latents, second.latents)
+    pipe.close()
+
+
+GB = 10**9
+
+
+@pytest.mark.parametrize(
+    ("free_gb", "variant", "tokens", "fp8", "expected"),
+    [
+        (79, "t2v-1.3B", 32_760, False, "none"),  # 1.3B 480p on an H100: everything fits
+        (79, "t2v-14B", 75_600, False, "none"),  # 14B 720p bf16 on an H100 (the official run peaks at 69 GB)
+        (23, "t2v-14B", 32_760, True, "model"),  # 14B 480p fp8 on a 24 GB card: the DiT alone fits
+        (23, "t2v-14B", 75_600, False, "blocks"),  # 14B 720p bf16 on a 24 GB card: only streaming fits
+        (15, "t2v-14B", 75_600, True, "blocks"),
+    ],
+)
+def test_auto_offload_picks_the_fastest_mode_that_fits(
+    free_gb: int, variant: str, tokens: int, fp8: bool, expected: str
+) -> None:
+    cfg = DIT_CONFIGS[variant]
+    dit = dit_weight_bytes(cfg, 2, fp8=fp8)
+    assert choose_offload(free_gb * GB, dit, cfg.dim, cfg.ffn_dim, tokens) == expected
