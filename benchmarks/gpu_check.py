@@ -146,6 +146,38 @@ def end_to_end(steps: int, size: tuple[int, int, int] = (832, 480, 81)) -> dict[
     }  # fmt: skip
 
 
+def memory_modes(smoke: bool) -> dict[str, Any]:
+    """Streamed blocks and fp8 on the device: the streamed DiT must give the resident one's output bit for bit
+    (same kernels; only where the weights come from changes), fp8 within fp8 rounding of bf16."""
+    import copy
+
+    from wan_cli.engine.memory import BlockStreamer, move_except
+    from wan_cli.engine.transformer import quantize_fp8_
+
+    cfg = WanDiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=5)
+    dtype = torch.bfloat16
+    if smoke:  # this CPU has no bf16 hardware
+        cfg, dtype = WanDiTConfig("t2v", dim=256, ffn_dim=64, num_heads=2, num_layers=3), torch.float32
+    model = random_dit(cfg, DEV, dtype)
+    g = torch.Generator(DEV).manual_seed(3)
+    x = torch.randn(1, 16, 5, 30, 52, device=DEV, generator=g)
+    t = torch.tensor([800.0], device=DEV)
+    ctx = torch.randn(1, 512, cfg.text_dim, device=DEV, generator=g) * 0.1
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        want = model(x, t, ctx)
+        fp8 = quantize_fp8_(copy.deepcopy(model), dtype)
+        got8 = fp8(x, t, ctx)
+        streamed = copy.deepcopy(model).cpu()
+        BlockStreamer(streamed.blocks, DEV)
+        move_except(streamed, DEV, (streamed.blocks,))
+        got = [streamed(x, t, ctx) for _ in range(3)]  # three "steps": the slot ring wraps around
+    out["streamed_equal"] = all(torch.equal(o, want) for o in got)
+    out["streamed_max_abs_diff"] = max(float((o - want).abs().max()) for o in got)
+    out["fp8_rel_err"] = rel(got8, want)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"))
@@ -162,6 +194,9 @@ def main() -> None:
 
     report["parity"] = parity()
     print("parity (relative error vs fp32 CPU):", report["parity"], flush=True)
+    save()
+    report["memory_modes"] = memory_modes(args.smoke)
+    print("memory modes:", report["memory_modes"], flush=True)
     save()
     cases = [("t2v-1.3B 480p 81f", DIT_CONFIGS["t2v-1.3B"], (21, 60, 104))]
     if args.smoke:

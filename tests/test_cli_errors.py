@@ -60,6 +60,8 @@ USAGE = [
     (["--seed", "-1"], "--seed"),
     (["--device", "tpu"], "--device"),
     (["--offload", "disk"], "--offload"),
+    (["--vae-tile", "30"], "--vae-tile"),
+    (["--dtype", "int4"], "--dtype"),
     (["--json", "-q"], "cannot be used together"),
     (["-o", "out.avi"], "must end in .mp4"),
     (["--prompts", "-"], "not both"),

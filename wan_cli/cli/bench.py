@@ -123,7 +123,8 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
         cfg = DIT_CONFIGS[BENCH_MODELS[spec.name]]
         f, lh, lw = latent_shape(w, h, n_frames)
         free = torch.cuda.mem_get_info(dev)[0] if dev.startswith("cuda") else 2**62  # a CPU has no device budget
-        offload = choose_offload(free, dit_weight_bytes(cfg, 2, fp8=fp8), cfg.dim, cfg.ffn_dim, f * lh * lw // 4)
+        dit_bytes = dit_weight_bytes(cfg, torch.finfo(dt).bits // 8, fp8=fp8)
+        offload = choose_offload(free, dit_bytes, cfg.dim, cfg.ffn_dim, f * lh * lw // 4)
     set_attention_backend(attention)
     dit = None
     if weights == "installed":

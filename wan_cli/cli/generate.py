@@ -25,7 +25,7 @@ from ..engine.errors import InputError, WanError
 from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve
 from .errors import UsageError, debug_enabled, report, run_guarded
 from .items import Item, read_prompts_file, stdin_prompt
-from .options import Options, flag_values, with_common_options
+from .options import Options, flag_values, vae_tiling, with_common_options
 from .output import Progress, emit_json, emit_line, stderr
 
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def plan(item: Item, run: Run) -> Job:
         guidance=settings.guidance, shift=settings.shift, solver=settings.solver, seed=seed,
         dit=files.dit, vae=opts.vae or files.vae, text_encoder=opts.text_encoder or files.text_encoder,
         tokenizer=opts.tokenizer or files.tokenizer, image_encoder=opts.image_encoder or files.image_encoder,
-        device=pick_device(settings.device), dtype=dtypes.get(settings.dtype),
+        device=pick_device(settings.device), dtype=dtypes.get(settings.dtype), tiling=vae_tiling(opts.vae_tile),
     )  # fmt: skip
     validate(request)
     if files.root is None:  # split files (ComfyUI): every component needs its own path
@@ -410,6 +410,7 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
     opts = Options(**raw)
     if opts.offload not in OFFLOAD:
         raise UsageError(f"invalid value for --offload: {opts.offload!r}", hint="use auto, none, model or blocks")
+    vae_tiling(opts.vae_tile)  # a bad --vae-tile is a usage error before anything runs
     if opts.json_out and opts.quiet:
         raise UsageError("--json and --quiet cannot be used together", hint="pick one")
     flags = flag_values(opts)

@@ -6,13 +6,16 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from ..presets import Values
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from ..engine.vae import Tiling
 
 HELP = {
     "output": "Output .mp4 (default: <prompt-slug>-<seed>.mp4 here). In a batch: a folder, or a template using "
@@ -42,6 +45,8 @@ HELP = {
     "offload": "Memory mode: none (every model stays on the GPU), model (each model visits the GPU for its phase; "
     "the text encoder streams its blocks), blocks (the DiT streams its blocks too: least memory). auto: the fastest "
     "that fits the free GPU memory.",
+    "vae_tile": "Run the VAE in spatial tiles of PX pixels (a multiple of 8, overlapping by a quarter, cross-faded): "
+    "for frames too large for GPU memory. Default: whole frames.",
     "compile": "torch.compile the DiT blocks: a one-time ~20 s, then ~25% faster steps on a GPU.",
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
@@ -71,6 +76,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
     ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32|fp8", None),
     ("offload", str, ("--offload",), "auto|none|model|blocks", "auto"),
+    ("vae_tile", int | None, ("--vae-tile",), "PX", None),
     ("compile", bool, ("--compile",), None, False),
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),
@@ -119,6 +125,7 @@ class Options:
     device: str | None = None
     dtype: str | None = None
     offload: str = "auto"
+    vae_tile: int | None = None
     compile: bool = False
     force: bool = False
     json_out: bool = False
@@ -127,6 +134,17 @@ class Options:
 
 SETTING_FLAGS = ("model", "size", "frames", "fps", "steps", "guidance", "shift", "solver", "seed", "negative_prompt",
                  "device", "dtype")  # fmt: skip
+
+
+def vae_tiling(px: int | None) -> Tiling | None:
+    """``--vae-tile PX`` → tiles of PX pixels overlapping by a quarter (rounded to 8); a bad value is a usage error."""
+    if px is None or px == 0:
+        return None
+    if px < 16 or px % 8:
+        raise UsageError(f"invalid value for --vae-tile: {px}", hint="a multiple of 8 of at least 16, e.g. 256")
+    from ..engine.vae import Tiling
+
+    return Tiling(tile=px, overlap=px // 4 // 8 * 8)
 
 
 def flag_values(opts: Options) -> Values:

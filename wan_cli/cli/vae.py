@@ -18,6 +18,7 @@ from .. import __version__
 from ..engine.errors import InputError
 from ..presets import Values, env_values
 from .errors import UsageError, run_guarded
+from .options import HELP, vae_tiling
 from .output import Progress, emit_json, emit_line, stderr
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ DeviceOpt = Annotated[str | None, typer.Option("--device", metavar="auto|cuda|cp
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON record instead of the path.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the output path; no progress.")]
+TileOpt = Annotated[int | None, typer.Option("--vae-tile", metavar="PX", show_default=False, help=HELP["vae_tile"])]
 
 
 def _load_vae(model: str | None, vae: Path | None, device: str | None) -> tuple[WanVAE, str, str]:
@@ -101,6 +103,7 @@ def encode(
     ] = None,
     vae: VaeOpt = None,
     device: DeviceOpt = None,
+    vae_tile: TileOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -113,16 +116,19 @@ def encode(
 
       wan encode clip.mp4 -o clip.safetensors --size 832x480 --frames 81
     """
-    run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet), stderr)
+    run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet, vae_tile),
+                stderr)  # fmt: skip
 
 
 def _encode(video: Path, output: Path, model: str | None, size: str | None, frames: int | None, vae: Path | None,
-            device: str | None, force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
+            device: str | None, force: bool, json_out: bool, quiet: bool,
+            vae_tile: int | None = None) -> None:  # fmt: skip
     from ..engine.latents import LatentsWriter
     from ..engine.vae import check_frame_count
     from ..engine.video import VideoReader, check_output_path
 
     human = _mode(json_out, quiet)
+    tiling = vae_tiling(vae_tile)
     wh = None
     if size is not None:
         try:
@@ -145,7 +151,7 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
     model_vae, vae_path, label = _load_vae(model, vae, device)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
-    encoder = model_vae.stream_encoder()
+    encoder = model_vae.stream_encoder(tiling)
     with LatentsWriter(output, force=force) as sink, VideoReader(video, size=wh, max_frames=frames) as reader, \
             Progress(human and stderr.is_terminal) as ui:  # fmt: skip
         ui.phase("encode", total=reader.frame_count)
@@ -184,6 +190,7 @@ def decode(
     ] = None,
     vae: VaeOpt = None,
     device: DeviceOpt = None,
+    vae_tile: TileOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -196,15 +203,16 @@ def decode(
 
       wan t2v "a cat" --save-latents cat.safetensors && wan decode cat.safetensors -o cat-24fps.mp4 --fps 24
     """
-    run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet), stderr)
+    run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet, vae_tile), stderr)
 
 
 def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae: Path | None, device: str | None,
-            force: bool, json_out: bool, quiet: bool) -> None:  # fmt: skip
+            force: bool, json_out: bool, quiet: bool, vae_tile: int | None = None) -> None:  # fmt: skip
     from ..engine.latents import iter_latents, read_latents_info
     from ..engine.video import VideoWriter, check_output_path
 
     human = _mode(json_out, quiet)
+    tiling = vae_tiling(vae_tile)
     if fps is not None and not fps > 0:
         raise UsageError(f"invalid value for --fps: {fps}", hint="a positive number, e.g. 16")
     if output.suffix.lower() != ".mp4":
@@ -223,7 +231,7 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
         "wan_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     t1 = time.perf_counter()
-    decoder = model_vae.stream_decoder()
+    decoder = model_vae.stream_decoder(tiling)
     with VideoWriter(output, lat.width, lat.height, rate, force=force, metadata=record) as writer, \
             Progress(human and stderr.is_terminal) as ui:  # fmt: skip
         ui.phase("decode", total=lat.frames)

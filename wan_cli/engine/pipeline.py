@@ -358,7 +358,7 @@ class Pipeline:
         """The memory mode for ``offload=None`` on an accelerator, from its free memory (decided once)."""
         if self.offload is None:
             free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-            dit = dit_weight_bytes(dit_cfg, 2, fp8=self.fp8)
+            dit = dit_weight_bytes(dit_cfg, torch.finfo(self.dtype).bits // 8, fp8=self.fp8)
             self.offload = choose_offload(free, dit, dit_cfg.dim, dit_cfg.ffn_dim, tokens)
             log.debug("offload %s (free %.1f GiB)", self.offload, free / 2**30)
         return self.offload

@@ -120,6 +120,11 @@ class CausalConv3d(nn.Conv3d):
         self.time_pad = 2 * pt
 
     def forward(self, x: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        if history is None and x.shape[2] == 1 and self.time_pad == self.kernel_size[0] - 1 and self.stride[0] == 1:
+            # The first frame of a video: every earlier tap sees zero padding, so only the last temporal tap counts.
+            # A 2-D convolution with that tap gives the same frame for 1/3 of the work and no padded copy.
+            w = self.weight[:, :, -1]
+            return F.conv2d(x[:, :, 0], w, self.bias, self.stride[1:], self.padding[1:]).unsqueeze(2)
         front: list[torch.Tensor] = []
         missing = self.time_pad
         if history is not None and missing > 0:
