@@ -130,7 +130,7 @@ def test_vae_tile_decodes_in_tiles_close_to_whole_frames(vae_pair, tmp: Path, mo
     """--vae-tile runs the streaming decoder tile by tile; the cross-faded result stays close to whole frames."""
     from wan_cli.engine.vae import StreamDecoder
 
-    vae_path, ref = vae_pair
+    vae_path, _ = vae_pair
     lat = tmp / "lat.safetensors"
     assert runner.invoke(app, ["encode", str(moving_video(tmp / "in.mp4", 9)), "-o", str(lat), "--vae", str(vae_path),
                                "--size", "64x32", "--vae-tile", "32"]).exit_code == 0  # fmt: skip
