@@ -34,6 +34,7 @@ from wan_cli.engine.transformer import (
     WanModel,
     build_transformer,
     dit_weight_bytes,
+    fuse_qkv_,
     quantize_fp8_,
     set_fp8_matmul,
     weight_bytes,
@@ -288,3 +289,38 @@ def test_auto_offload_picks_the_fastest_mode_that_fits(
     cfg = DIT_CONFIGS[variant]
     dit = dit_weight_bytes(cfg, 2, fp8=fp8)
     assert choose_offload(free_gb * GB, dit, cfg.dim, cfg.ffn_dim, tokens) == expected
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fused QKV
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_fused_qkv_is_the_same_model_in_the_same_memory() -> None:
+    cfg = tiny_dit_config("i2v", num_layers=2)
+    plain = random_dit(cfg, seed=6)
+    fused = fuse_qkv_(copy.deepcopy(plain))
+    assert weight_bytes(fused) == weight_bytes(plain)  # q/k/v are views of the fused tensor, not copies
+    for block in fused.blocks:
+        attn = block.self_attn
+        base, size = attn.qkv_weight.data_ptr(), attn.qkv_weight.numel() * attn.qkv_weight.element_size()
+        assert all(base <= lin.weight.data_ptr() < base + size for lin in (attn.q, attn.k, attn.v))
+        assert block.cross_attn.qkv_weight is None  # cross-attention takes k/v from the text: not fused
+    assert set(fused.state_dict()) == set(plain.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(fused.state_dict().values(), plain.state_dict().values(), strict=True))
+    x, t, ctx = _inputs(cfg)
+    g = torch.Generator().manual_seed(2)
+    kw = {"clip_fea": torch.randn(2, 257, 1280, generator=g), "y": torch.randn(2, 20, 3, 8, 8, generator=g)}
+    with torch.no_grad():
+        assert rel_err(fused(x, t, ctx, **kw), plain(x, t, ctx, **kw)) <= 1e-6
+    fp8 = fuse_qkv_(quantize_fp8_(copy.deepcopy(plain), torch.float32))
+    assert all(b.self_attn.qkv_weight is None for b in fp8.blocks)  # each fp8 weight keeps its own scale
+
+
+@pytest.mark.parametrize(("offload", "fused"), [("none", True), ("blocks", False)])
+def test_pipeline_fuses_qkv_only_for_a_model_that_stays(t2v_folder: Path, offload: str, fused: bool) -> None:
+    pipe = Pipeline(offload=offload, policy="keep")  # type: ignore[arg-type]
+    pipe.generate(_request(t2v_folder))
+    (dit,) = [m for (component, _), m in pipe._models.items() if component == "dit"]
+    assert all((b.self_attn.qkv_weight is not None) == fused for b in dit.blocks)
+    pipe.close()

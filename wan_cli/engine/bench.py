@@ -29,6 +29,7 @@ from .transformer import (
     WanModel,
     build_transformer,
     compile_blocks,
+    fuse_qkv_,
     set_fp8_matmul,
 )
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
@@ -304,6 +305,8 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
             model = random_dit(cfg, device, req.dtype, fp8=req.fp8 or req.fp8_matmul, stream_blocks=stream)
         if req.fp8_matmul:
             set_fp8_matmul(model, True)
+        if not stream:
+            fuse_qkv_(model)  # as the pipeline runs a resident DiT
         if req.compile:
             compile_blocks(model)
         g = torch.Generator(device).manual_seed(1)

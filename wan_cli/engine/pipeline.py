@@ -30,7 +30,7 @@ from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_te
 from .errors import InputError, WanError
 from .memory import BlockStreamer, Offload, choose_offload, move_except
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
-from .transformer import WanModel, a_model, compile_blocks, dit_weight_bytes, set_fp8_matmul
+from .transformer import WanModel, a_model, compile_blocks, dit_weight_bytes, fuse_qkv_, set_fp8_matmul
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE, check_frame_count
 
 log = logging.getLogger(__name__)
@@ -456,6 +456,8 @@ class Pipeline:
                 set_fp8_matmul(model, True)
             if stream:
                 self._stream(("dit", path), model, model.blocks)
+            elif self.policy != "offload":  # the model stays where it is: q/k/v as one GEMM (memory unchanged)
+                fuse_qkv_(model)
             return compile_blocks(model) if self.compile else model
 
         return self._get("dit", path, load)

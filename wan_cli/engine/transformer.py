@@ -188,17 +188,36 @@ class WanSelfAttention(nn.Module):
         self.o = Linear(dim, dim)
         self.norm_q: nn.Module = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.norm_k: nn.Module = RMSNorm(dim, eps) if qk_norm else nn.Identity()
+        # fuse_qkv: one [3D, D] projection (not in the state dict; q/k/v.weight become views of it)
+        self.register_buffer("qkv_weight", None, persistent=False)
+        self.register_buffer("qkv_bias", None, persistent=False)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.num_heads, -1))  # [B, L, D] → [B, L, H, Dh]
+
+    def fuse_qkv(self) -> None:
+        """Compute q, k and v with one GEMM: the input is read once and the product is 3× wider. The weights are
+        concatenated once and q/k/v.weight re-pointed at views of the result, so memory does not grow (moving the
+        model to another device afterwards would copy the views apart: fuse on the final device)."""
+        w = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # [3D, D]
+        b = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        d = self.q.weight.shape[0]
+        for i, lin in enumerate((self.q, self.k, self.v)):
+            lin.weight.data = w[i * d : (i + 1) * d]
+            lin.bias.data = b[i * d : (i + 1) * d]
+        self.qkv_weight, self.qkv_bias = w, b
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x [B, L, D] → [B, L, D] in the compute dtype (the weights' dtype)."""
         cdt = self.o.compute_dtype
         x = x.to(cdt)  # once, not in each of q, k and v (the input arrives in fp32 from the modulation)
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope).to(cdt)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope).to(cdt)
-        v = self._heads(self.v(x)).to(cdt)
+        if self.qkv_weight is not None:
+            q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
+        else:
+            q, k, v = self.q(x), self.k(x), self.v(x)
+        q = apply_rope(self._heads(self.norm_q(q)), *rope).to(cdt)
+        k = apply_rope(self._heads(self.norm_k(k)), *rope).to(cdt)
+        v = self._heads(v).to(cdt)
         return self.o(attention(q, k, v).flatten(2))
 
 
@@ -450,10 +469,20 @@ def quantize_fp8_(model: WanModel, compute_dtype: torch.dtype, *, fp8_matmul: bo
     return model
 
 
+def fuse_qkv_(model: WanModel) -> WanModel:
+    """One q/k/v GEMM per self-attention (``WanSelfAttention.fuse_qkv``), in place; fp8 layers are left as they are
+    (each has its own scale). For a model that stays where it is: not with block streaming or offloading."""
+    for module in model.modules():
+        if type(module) is WanSelfAttention and module.q.weight_scale is None and module.qkv_weight is None:
+            module.fuse_qkv()
+    return model
+
+
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by the parameters and buffers (as stored: fp8, bf16 or fp32)."""
-    tensors = [*model.parameters(), *model.buffers()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes held by the parameters and buffers (as stored: fp8, bf16 or fp32); shared storage counted once."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (*model.parameters(),
+                                                                                       *model.buffers())}  # fmt: skip
+    return sum(storages.values())
 
 
 def dit_weight_bytes(cfg: WanDiTConfig, bytes_per_weight: int, *, fp8: bool = False) -> int:
