@@ -2,7 +2,7 @@
 
 Memory modes (``--offload``), from the most memory to the least:
 - ``none``: every model stays on the device for the whole run (fastest for batches).
-- ``model``: each model visits the device for its phase and goes back to (pinned) CPU memory after it, the official
+- ``model``: each model visits the device for its phase and goes back to CPU memory after it, the official
   ``--offload_model``; the UMT5 encoder, the largest model of a 1.3B run (11 GB in bf16), streams its blocks; CFG
   runs cond and uncond one after the other.
 - ``blocks``: as ``model``, and the DiT's blocks stream too: only two blocks' weights are on the device at a time, the
