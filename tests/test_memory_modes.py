@@ -324,3 +324,12 @@ def test_pipeline_fuses_qkv_only_for_a_model_that_stays(t2v_folder: Path, offloa
     (dit,) = [m for (component, _), m in pipe._models.items() if component == "dit"]
     assert all((b.self_attn.qkv_weight is not None) == fused for b in dit.blocks)
     pipe.close()
+
+
+def test_default_phase_policies() -> None:
+    """What happens to a finished phase's models by default (no CUDA needed to build a Pipeline)."""
+    assert Pipeline().policy == "release" and Pipeline().offload == "none"  # CPU: free RAM between phases
+    assert Pipeline(device="cuda", offload="none").policy == "keep"  # everything fits: nothing moves
+    assert Pipeline(device="cuda", offload="model").policy == "offload"
+    assert Pipeline(device="cuda", offload="blocks").policy == "offload"
+    assert Pipeline(device="cuda", offload="none", policy="release").policy == "release"  # an explicit choice wins

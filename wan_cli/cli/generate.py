@@ -324,9 +324,9 @@ def pipeline_for(run: Run, job: Job) -> Pipeline:
     request = job.request
     device = str(request.device)
     offload = None if run.opts.offload == "auto" else run.opts.offload
-    policy = None
-    if run.batch:  # a batch never reloads weights from disk
-        policy = "keep" if device == "cpu" or offload == "none" else "offload"
+    # A batch never reloads weights from disk: on the CPU keep them (the default there frees them after each
+    # video); on a GPU the pipeline's own default already keeps (offload none) or offloads to RAM, never frees.
+    policy = "keep" if run.batch and device == "cpu" else None
     fp8 = job.settings.dtype == "fp8"
     key = (device, str(request.dtype), fp8)
     if key not in run.pipelines:
