@@ -151,7 +151,7 @@ def memory_modes(smoke: bool) -> dict[str, Any]:
     (same kernels; only where the weights come from changes), fp8 within fp8 rounding of bf16."""
     import copy
 
-    from wan_cli.engine.memory import BlockStreamer, move_except
+    from wan_cli.engine.memory import stream_blocks
     from wan_cli.engine.transformer import quantize_fp8_
 
     cfg = WanDiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=5)
@@ -169,8 +169,7 @@ def memory_modes(smoke: bool) -> dict[str, Any]:
         fp8 = quantize_fp8_(copy.deepcopy(model), dtype)
         got8 = fp8(x, t, ctx)
         streamed = copy.deepcopy(model).cpu()
-        BlockStreamer(streamed.blocks, DEV)
-        move_except(streamed, DEV, (streamed.blocks,))
+        stream_blocks(streamed, streamed.blocks, DEV)
         got = [streamed(x, t, ctx) for _ in range(3)]  # three "steps": the slot ring wraps around
     out["streamed_equal"] = all(torch.equal(o, want) for o in got)
     out["streamed_max_abs_diff"] = max(float((o - want).abs().max()) for o in got)

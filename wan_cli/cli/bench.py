@@ -135,10 +135,9 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
         load_on = "cpu" if offload == "blocks" else dev
         dit = load_transformer(files.dit or files.root or "", device=load_on, dtype=dt, fp8=fp8)
         if offload == "blocks":
-            from ..engine.memory import BlockStreamer, move_except
+            from ..engine.memory import stream_blocks
 
-            BlockStreamer(dit.blocks, dev)
-            move_except(dit, dev, (dit.blocks,))
+            stream_blocks(dit, dit.blocks, dev)
     req = BenchRequest(model=spec.name, width=w, height=h, frames=n_frames, steps=steps,
                        full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit, compile=compile,
                        text_encoder=text_encoder if text_encoder is not None else dev != "cpu",

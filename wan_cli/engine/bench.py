@@ -19,18 +19,19 @@ from typing import Any
 
 import torch
 
+from .conditioning import TextEncoder
 from .memory import BlockStreamer, Offload
 from .ops import quantize_fp8
 from .transformer import (
     DIT_CONFIGS,
     FP8_KEYS,
-    Linear,
     WanDiTConfig,
     WanModel,
     build_transformer,
     compile_blocks,
     fuse_qkv_,
     set_fp8_matmul,
+    store_fp8_weights,
 )
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
 
@@ -143,10 +144,7 @@ def random_dit(
             t = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
         state[name] = t.cpu() if stream_blocks and name.startswith("blocks.") else t
     model.load_state_dict(state, strict=True, assign=True)
-    for name, scale in scales.items():
-        layer = model.get_submodule(name.removesuffix(".weight"))
-        assert isinstance(layer, Linear)
-        layer.store_fp8(state[name], scale.to(state[name].device), dtype)
+    store_fp8_weights(model, scales, dtype)
     if stream_blocks:
         BlockStreamer(model.blocks, device)
     return model.eval().requires_grad_(False)
@@ -253,21 +251,15 @@ def bench_text_encoder(device: torch.device, dtype: torch.dtype, stream: bool = 
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
         del state
+        encoder = TextEncoder(model, tokenizer=None)
         if stream:
             BlockStreamer(model.encoder.block, device)
+            encoder.run_on(device)
         ids = torch.randint(0, 256384, (2, TEXT_TOKENS), generator=torch.Generator().manual_seed(0))
-        mask = torch.ones_like(ids, device=device)
         with torch.inference_mode():
-            seconds = timed(functools.partial(_encode_embedded, model, ids, mask), device, repeats=1)
-        del model
+            seconds = timed(functools.partial(encoder.hidden_states, ids, torch.ones_like(ids)), device, repeats=1)
+        del model, encoder
     return seconds, mem.gib
-
-
-def _encode_embedded(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> object:
-    """The text encoder as the pipeline runs it: the embedding lookup where the table lives, the rest on mask's
-    device."""
-    table = model.get_input_embeddings()
-    return model(inputs_embeds=table(ids.to(table.weight.device)).to(mask.device), attention_mask=mask)
 
 
 def _cfg_step(model: WanModel, args: tuple[torch.Tensor | None, ...], batched: bool) -> object:

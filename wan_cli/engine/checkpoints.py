@@ -21,7 +21,16 @@ import torch
 
 from .errors import CheckpointError
 from .ops import FP8, quantize_fp8
-from .transformer import DIT_CONFIGS, FP8_KEYS, Linear, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
+from .transformer import (
+    DIT_CONFIGS,
+    FP8_KEYS,
+    ModelType,
+    WanDiTConfig,
+    WanModel,
+    a_model,
+    build_transformer,
+    store_fp8_weights,
+)
 from .vae import WanVAE, WanVAEConfig, build_vae
 
 Kind = Literal["dit", "vae", "text_encoder", "clip", "unknown"]
@@ -582,10 +591,7 @@ def load_transformer(
         else:
             state[k] = materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev)
     model.load_state_dict(state, strict=True, assign=True)
-    for k, scale in scales.items():
-        layer = model.get_submodule(k.removesuffix(".weight"))
-        assert isinstance(layer, Linear)
-        layer.store_fp8(state[k], scale, dtype)
+    store_fp8_weights(model, scales, dtype)
     return model.eval().requires_grad_(False)
 
 

@@ -125,10 +125,16 @@ class TextEncoder:
         tok = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.text_len,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")  # fmt: skip
         ids, mask = tok["input_ids"], tok["attention_mask"]
+        hidden = self.hidden_states(ids, mask)
+        return [h[:n] for h, n in zip(hidden, mask.sum(dim=1).tolist(), strict=True)]
+
+    @torch.no_grad()
+    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Token ids and mask [B, L] → [B, L, d_model]: the lookup where the embedding table lives, the rest on
+        ``device``."""
         table = self.model.get_input_embeddings()
         embeds = table(ids.to(table.weight.device)).to(self.device)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
-        return [h[:n] for h, n in zip(hidden, mask.sum(dim=1).tolist(), strict=True)]
+        return self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
 
 
 def load_tokenizer(path: str | Path) -> Any:

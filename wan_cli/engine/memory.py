@@ -217,6 +217,16 @@ def move_except(model: nn.Module, device: str | torch.device, skip: tuple[nn.Mod
             module._buffers[name] = b.to(device)
 
 
+def stream_blocks(
+    model: nn.Module, blocks: nn.ModuleList, device: str | torch.device, host_only: tuple[nn.Module, ...] = ()
+) -> BlockStreamer:
+    """Stream ``blocks`` of ``model`` through ``device`` and move the rest of ``model`` there, except the
+    ``host_only`` modules (which stay where they are, e.g. an embedding table looked up on the CPU)."""
+    streamer = BlockStreamer(blocks, device)
+    move_except(model, device, (blocks, *host_only))
+    return streamer
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Choosing a mode
 # --------------------------------------------------------------------------------------------------------------------

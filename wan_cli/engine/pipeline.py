@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .checkpoints import load_transformer, load_vae, peek_transformer_config
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
-from .memory import BlockStreamer, Offload, choose_offload, move_except
+from .memory import BlockStreamer, Offload, choose_offload, move_except, stream_blocks
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
 from .transformer import WanModel, a_model, compile_blocks, dit_weight_bytes, fuse_qkv_, set_fp8_matmul
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE, check_frame_count
@@ -396,9 +396,7 @@ class Pipeline:
         """Stream ``blocks`` of the model ``root`` through the device; the rest of ``root`` lives on the device
         (except ``host_only`` modules, which stay on the CPU)."""
         log.debug("stream the %d blocks of %s through %s", len(blocks), key[0], self.device)
-        stay = (blocks, *host_only)
-        self._streamers[key] = (BlockStreamer(blocks, self.device), root, stay)
-        move_except(root, self.device, stay)
+        self._streamers[key] = (stream_blocks(root, blocks, self.device, host_only), root, (blocks, *host_only))
 
     def _done(self, component: str) -> None:
         """The phase that used ``component`` is over: apply the memory policy."""
@@ -505,7 +503,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         tokens = (request.frames - 1) // TEMPORAL_STRIDE + 1
         tokens *= (request.height // SPATIAL_STRIDE // 2) * (request.width // SPATIAL_STRIDE // 2)
-        self._resolve_offload(dit_cfg, tokens)
+        offload = self._resolve_offload(dit_cfg, tokens)
         seed = resolve_seed(request.seed)
         negative = request.negative_prompt or DEFAULT_NEGATIVE_PROMPTS[request.task]
         req = replace(request, seed=seed, negative_prompt=negative, device=str(self.device), dtype=self.dtype)
@@ -552,7 +550,7 @@ class Pipeline:
             finally:
                 self._done("vae")
 
-        weights, offload = "fp8" if self.fp8 else "as stored", self._resolve_offload(dit_cfg, 0)
+        weights = "fp8" if self.fp8 else "as stored"
         return GenerationResult(request=req, latents=latents, timings=timings, offload=offload, weights=weights,
                                 _decode=decode)  # fmt: skip
 

@@ -469,6 +469,14 @@ def quantize_fp8_(model: WanModel, compute_dtype: torch.dtype, *, fp8_matmul: bo
     return model
 
 
+def store_fp8_weights(model: WanModel, scales: dict[str, torch.Tensor], compute_dtype: torch.dtype) -> None:
+    """After ``load_state_dict(assign=True)`` put fp8 values in ``FP8_KEYS`` parameters: give each its scale."""
+    for key, scale in scales.items():
+        layer = model.get_submodule(key.removesuffix(".weight"))
+        assert isinstance(layer, Linear)
+        layer.store_fp8(layer.weight.data, scale.to(layer.weight.device), compute_dtype)
+
+
 def fuse_qkv_(model: WanModel) -> WanModel:
     """One q/k/v GEMM per self-attention (``WanSelfAttention.fuse_qkv``), in place; fp8 layers are left as they are
     (each has its own scale). For a model that stays where it is: not with block streaming or offloading."""
