@@ -4,7 +4,7 @@
 Everything goes through the installed `wan` command, exactly as a user would type it.
 
     python benchmarks/demo.py            # wan download 1.3b-t2v (if absent) → wan t2v … -o demo.mp4
-    python benchmarks/demo.py --tiny     # tiny ComfyUI-style files → inspect, t2v, encode, decode
+    python benchmarks/demo.py --tiny     # a tiny ComfyUI models/ tree → inspect, t2v, encode, decode
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import time
 from pathlib import Path
 
 PROMPT = "A corgi runs along a sunny beach, waves rolling in behind it, golden evening light, slow motion"
-WAN = shutil.which("wan") or str(Path(sys.executable).parent / "wan")
+# the `wan` of this interpreter's environment first (CI runs this from a plain venv), else the one on PATH
+_OWN = Path(sys.executable).parent / "wan"
+WAN = str(_OWN) if _OWN.exists() else shutil.which("wan") or "wan"
 
 
 def wan(*args: str) -> str:
@@ -43,13 +45,15 @@ def real(output: Path) -> None:
 
 def tiny(folder: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-    from builders import write_comfy_model
+    from builders import write_comfy_tree
 
-    files = write_comfy_model(folder / "model", "t2v", seed=0)
-    wan("inspect", str(files["dit"]))
-    split = ["-m", str(files["dit"]), "--vae", str(files["vae"]), "--text-encoder", str(files["text_encoder"])]
-    video = wan("t2v", PROMPT, *split, "--size", "256x128", "--frames", "17", "--steps", "4", "--seed", "42",
-                "-o", str(folder / "demo.mp4"), "--save-latents", str(folder / "demo.safetensors"))  # fmt: skip
+    # A ComfyUI models/ tree under the published names; the tokenizer is the one embedded in the text encoder.
+    models = folder / "ComfyUI" / "models"
+    files = write_comfy_tree(models, "t2v", seed=0)
+    wan("inspect", str(models))
+    video = wan("t2v", PROMPT, "-m", str(files["dit"]), "--size", "256x128", "--frames", "17", "--steps", "4",
+                "--seed", "42", "-o", str(folder / "demo.mp4"),
+                "--save-latents", str(folder / "demo.safetensors"))  # fmt: skip
     wan("encode", video, "-o", str(folder / "reencoded.safetensors"), "--vae", str(files["vae"]))
     wan("decode", str(folder / "demo.safetensors"), "-o", str(folder / "decoded-24fps.mp4"), "--fps", "24",
         "--vae", str(files["vae"]))  # fmt: skip

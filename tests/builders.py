@@ -13,11 +13,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from wan_cli.engine.checkpoints import dit_key_to_diffusers, vae_key_to_diffusers
+from wan_cli.engine.layouts import dit_key_to_diffusers, vae_key_to_diffusers
 from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer, init_random_
 from wan_cli.engine.vae import WanVAE, WanVAEConfig
 
 COMFY_PREFIX = "model.diffusion_model."
+# Comfy-Org's repack files carry the workflow that made them in their metadata (~9 KB of JSON).
+COMFY_METADATA = {"prompt": json.dumps({"3": {"class_type": "KSampler", "inputs": {"seed": 0}}}), "workflow": "{}"}
 
 
 def tiny_dit_config(model_type: str = "t2v", **over: object) -> WanDiTConfig:
@@ -141,7 +143,7 @@ def write_comfy_dit(model: WanModel, path: Path, precision: str = "bf16") -> Pat
             out[COMFY_PREFIX + k] = v.to(half).contiguous()
     if precision == "fp8_scaled":
         out[COMFY_PREFIX + "scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    save_file(out, str(path))
+    save_file(out, str(path), metadata=COMFY_METADATA)
     return path
 
 
@@ -167,7 +169,7 @@ def write_official_vae(vae: WanVAE, path: Path) -> Path:
 
 
 def write_comfy_vae(vae: WanVAE, path: Path, dtype: torch.dtype = torch.bfloat16) -> Path:
-    save_file({k: v.to(dtype).contiguous() for k, v in vae.state_dict().items()}, str(path))
+    save_file({k: v.to(dtype).contiguous() for k, v in vae.state_dict().items()}, str(path), metadata=COMFY_METADATA)
     return path
 
 
@@ -205,7 +207,8 @@ CORPUS = [
 
 
 def tiny_spiece_model(folder: Path) -> Path:
-    """A small SentencePiece unigram model (pad 0, eos 1, unk 2, like umt5-xxl's), trained on a fixed corpus."""
+    """A small SentencePiece unigram model with umt5-xxl's special ids (pad 0, eos 1, bos 2, unk 3,
+    checkpoint-formats.md §4.4) and its nmt_nfkc normaliser, trained on a fixed corpus."""
     import sentencepiece as spm
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +216,8 @@ def tiny_spiece_model(folder: Path) -> Path:
     corpus.write_text("\n".join(CORPUS * 40))
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=60, model_type="unigram", pad_id=0,
-        eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="</s>", bos_piece="<s>", unk_piece="<unk>",
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
     )  # fmt: skip
     return folder / "spiece.model"
 
@@ -365,10 +369,45 @@ def write_comfy_model(root: Path, task: str, seed: int = 0, precision: str = "bf
         "text_encoder": write_comfy_t5(t5, root / "umt5_xxl_fp16.safetensors", tiny_spiece_model(root / "spm")),
     }
     if clip is not None:
-        state = {"vision_model." + k: v.half() for k, v in clip_hf_state(clip).items()}
-        state["visual_projection.weight"] = torch.randn(1024, 1280).half()
-        save_file(state, str(root / "clip_vision_h.safetensors"))
-        files["image_encoder"] = root / "clip_vision_h.safetensors"
+        files["image_encoder"] = write_clip_vision_h(clip, root / "clip_vision_h.safetensors")
+    return files
+
+
+def write_clip_vision_h(clip, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """ComfyUI's clip_vision_h.safetensors (checkpoint-formats.md §4.5): HF CLIPVisionModelWithProjection names under
+    `vision_model.`, fp16, the projection, and the int64 [1, 257] `position_ids` buffer older transformers saved."""
+    state = {"vision_model." + k: v.half() for k, v in clip_hf_state(clip).items()}
+    state["visual_projection.weight"] = torch.randn(
+        1024, state["vision_model.embeddings.class_embedding"].shape[0]
+    ).half()
+    state["vision_model.embeddings.position_ids"] = torch.arange(257, dtype=torch.int64)[None]
+    save_file(state, str(path))
+    return path
+
+
+def write_comfy_tree(
+    models: Path, task: str, seed: int = 0, dit: str = "fp8", text: str = "fp8_scaled"
+) -> dict[str, Path]:
+    """A ComfyUI models/ tree with the I2V (or T2V) set every tutorial shows, under the published file names:
+    diffusion_models/wan2.1_i2v_480p_14B_fp8_e4m3fn.safetensors, text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors,
+    clip_vision/clip_vision_h.safetensors, vae/wan_2.1_vae.safetensors (tiny widths, real names and dtypes)."""
+    dit_model, vae, t5, clip = _tiny_parts(task, seed)
+    for d in ("diffusion_models", "text_encoders", "vae", "clip_vision", "loras"):
+        (models / d).mkdir(parents=True, exist_ok=True)
+    name = {"t2v": "wan2.1_t2v_1.3B", "i2v": "wan2.1_i2v_480p_14B", "flf2v": "wan2.1_flf2v_720p_14B"}[task]
+    suffix = {"fp8": "fp8_e4m3fn", "fp8_scaled": "fp8_scaled"}.get(dit, dit)
+    files = {
+        "dit": write_comfy_dit(dit_model, models / "diffusion_models" / f"{name}_{suffix}.safetensors", dit),
+        "vae": write_comfy_vae(vae, models / "vae" / "wan_2.1_vae.safetensors"),
+        "text_encoder": write_comfy_t5(
+            t5,
+            models / "text_encoders" / f"umt5_xxl_{'fp8_e4m3fn_scaled' if text == 'fp8_scaled' else text}.safetensors",
+            tiny_spiece_model(models.parent / "spm"),
+            text,
+        ),
+    }
+    if clip is not None:
+        files["image_encoder"] = write_clip_vision_h(clip, models / "clip_vision" / "clip_vision_h.safetensors")
     return files
 
 

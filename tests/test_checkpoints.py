@@ -26,15 +26,9 @@ from builders import (
 )
 from safetensors.torch import save_file
 
-from wan_cli.engine import CheckpointError, inspect_checkpoint, load_transformer, load_vae
-from wan_cli.engine.checkpoints import (
-    Detected,
-    detect_kind,
-    dit_key_to_diffusers,
-    infer_dit_config,
-    infer_vae_config,
-    vae_key_to_diffusers,
-)
+from wan_cli.engine import CheckpointError, CheckpointInfo, FolderInfo, inspect_checkpoint, load_transformer, load_vae
+from wan_cli.engine.checkpoints import infer_dit_config, infer_vae_config
+from wan_cli.engine.layouts import Detected, detect_kind, dit_key_to_diffusers, vae_key_to_diffusers
 from wan_cli.engine.transformer import DIT_CONFIGS, build_transformer
 from wan_cli.engine.vae import WanVAEConfig, build_vae
 
@@ -223,9 +217,11 @@ def test_real_vae_diffusers_layout_roundtrip(tmp: Path) -> None:
 
 def test_inspect_reports_layout_and_variant(tmp: Path) -> None:
     model = random_dit(tiny_dit_config("flf2v"))
-    info = inspect_checkpoint(write_diffusers_dit(model, tmp / "pipe"))
+    folder = inspect_checkpoint(write_diffusers_dit(model, tmp / "pipe"))
+    assert isinstance(folder, FolderInfo) and folder.layout == "diffusers"
+    (info,) = folder.components
     assert (info.kind, info.layout) == ("dit", "diffusers") and info.config is not None
-    assert info.config["model_type"] == "flf2v"
+    assert info.config["model_type"] == "flf2v" and len(info.files) > 1  # diffusers' 1 MB shards, one component
     info = inspect_checkpoint(write_official_vae(random_vae(tiny_vae_config()), tmp / "v.pth"))
     assert (info.kind, info.layout, info.tensors) == ("vae", "official", 194)
 
@@ -349,6 +345,7 @@ def test_paths_that_hold_nothing(tmp: Path) -> None:
 
 def test_parameter_count_matches_shapes(tmp: Path) -> None:
     model = random_dit(tiny_dit_config("i2v"))
-    info = inspect_checkpoint(write_official_dit(model, tmp / "m"))
+    info = inspect_checkpoint(write_official_dit(model, tmp / "m") / "diffusion_pytorch_model.safetensors")
+    assert isinstance(info, CheckpointInfo)
     assert info.parameters == sum(math.prod(v.shape) for v in model.state_dict().values())
     assert info.variant == "custom" and info.dtypes == {"float32": len(model.state_dict())}

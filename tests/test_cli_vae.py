@@ -163,3 +163,33 @@ def test_vae_tile_decodes_in_tiles_close_to_whole_frames(vae_pair, tmp: Path, mo
     assert (outs["tiled"] - want_mp4).abs().mean() < 0.005 < (outs["whole"] - want_mp4).abs().mean()
     bad = runner.invoke(app, ["decode", str(lat), "-o", str(tmp / "x.mp4"), "--vae-tile", "12"])
     assert bad.exit_code == 2 and "--vae-tile" in bad.stderr
+
+
+def test_encode_and_decode_take_device_and_dtype_like_generation(vae_pair, tmp: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """--dtype bf16 runs the VAE in bf16 (close to fp32, not equal); WAN_DTYPE is its twin (its fp8, a DiT
+    setting, means auto here); --dtype fp8 is a usage error."""
+    vae_path, _ = vae_pair
+    video = moving_video(tmp / "in.mp4", 9)
+    lats = {}
+    for name, extra in (("fp32", []), ("bf16", ["--dtype", "bf16", "--device", "cpu"])):
+        out = tmp / f"{name}.safetensors"
+        result = runner.invoke(app, ["encode", str(video), "-o", str(out), "--vae", str(vae_path), "--size", "64x32",
+                                     "--json", *extra])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert (record["dtype"], record["device"]) == ({"fp32": "float32", "bf16": "bfloat16"}[name], "cpu")
+        lats[name] = load_latents(out).latents
+    err = rel_err(lats["bf16"], lats["fp32"])
+    assert 0 < err < 0.05, err
+    monkeypatch.setenv("WAN_DTYPE", "bf16")
+    result = runner.invoke(app, ["decode", str(tmp / "fp32.safetensors"), "-o", str(tmp / "a.mp4"), "--vae",
+                                 str(vae_path), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dtype"] == "bfloat16"
+    monkeypatch.setenv("WAN_DTYPE", "fp8")
+    result = runner.invoke(app, ["decode", str(tmp / "fp32.safetensors"), "-o", str(tmp / "b.mp4"), "--vae",
+                                 str(vae_path), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["dtype"] == "float32"
+    bad = runner.invoke(app, ["decode", str(tmp / "fp32.safetensors"), "-o", str(tmp / "c.mp4"), "--dtype", "fp8"])
+    assert bad.exit_code == 2 and "--dtype" in bad.stderr and not (tmp / "c.mp4").exists()

@@ -277,3 +277,44 @@ def test_image_task_phases(tmp_path_factory: pytest.TempPathFactory, caplog: pyt
         "load text_encoder", "release text_encoder", "load image_encoder", "release image_encoder",
         "load vae", "release vae", "load dit", "release dit", "load vae", "release vae",
     ]  # fmt: skip
+
+
+# -- FLF2V with frames of different sizes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first_hw", "last_hw", "box_hw", "pad_tb_lr"),
+    [
+        # r = max(64/40, 48/40) = 1.6 → box (round(40·1.6), round(40·1.6)) = (64, 64): zero-pad 12 on every side
+        ((48, 64), (40, 40), (64, 64), (12, 12, 12, 12)),
+        # portrait last frame 24×56 (W×H): r = max(64/24, 48/56) = 2.667 → box (64, 149) read as (h 64, w 149)
+        ((48, 64), (56, 24), (64, 149), (4, 4, 62, 63)),
+    ],
+)  # fmt: skip
+def test_flf2v_with_frames_of_different_sizes(
+    first_hw: tuple[int, int], last_hw: tuple[int, int], box_hw: tuple[int, int], pad_tb_lr: tuple[int, ...],
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The official rule (wan21-architecture.md §3.3) end to end: the last frame is centre-cropped (here: padded)
+    with the swapped box, CLIP sees each frame squashed to 224² on its own, the video size follows the first."""
+    from builders import write_official_model
+
+    from wan_cli.engine.conditioning import ImageEncoder
+
+    folder = write_official_model(tmp_path_factory.mktemp("flf") / "m", "flf2v", seed=4)
+    g = torch.Generator().manual_seed(0)
+    first = torch.rand(3, *first_hw, generator=g) * 2 - 1
+    last = torch.rand(3, *last_hw, generator=g) * 2 - 1
+    seen: list[list[torch.Tensor]] = []
+    original = ImageEncoder.encode
+    monkeypatch.setattr(ImageEncoder, "encode", lambda self, ims: seen.append(list(ims)) or original(self, ims))
+    req = GenerationRequest(prompt=PROMPT, model=folder, task="flf2v", image=first, last_image=last, width=64,
+                            height=48, frames=5, steps=2, seed=3)  # fmt: skip
+    result = Pipeline().generate(req)
+    frames = torch.cat(list(result.frames()), dim=1)
+    assert (result.request.height, result.request.width) == (48, 64) and frames.shape == (3, 5, 48, 64)
+    ((clip_first, clip_last),) = seen
+    assert torch.equal(clip_first, first)
+    top, bottom, left, right = pad_tb_lr
+    want = torch.nn.functional.pad(last, (left, right, top, bottom))  # zeros = mid-grey in [-1, 1]
+    assert clip_last.shape == (3, *box_hw) and torch.equal(clip_last, want)

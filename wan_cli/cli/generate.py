@@ -13,7 +13,7 @@ import os
 import re
 import time
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,10 +25,11 @@ from ..engine.errors import InputError, WanError
 from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve
 from .errors import UsageError, debug_enabled, report, run_guarded
 from .items import Item, read_prompts_file, stdin_prompt
-from .options import Options, flag_values, vae_tiling, with_common_options
+from .options import Options, flag_values, refuse_peer_options, vae_tiling, with_common_options
 from .output import Progress, emit_json, emit_line, stderr
 
 if TYPE_CHECKING:
+    from ..engine.layouts import Component
     from ..engine.pipeline import GenerationRequest, GenerationResult, Pipeline
     from ..hub import ModelFiles
 
@@ -157,6 +158,21 @@ def _local_variant(spec: str, task: str) -> str | None:
     return DEFAULT_MODEL.get(cfg.model_type)
 
 
+def _beside_in_comfy_tree(files: ModelFiles, task: str, opts: Options) -> tuple[ModelFiles, list[str]]:
+    """A diffusion model in a ComfyUI models/ tree (or the tree itself): the components no flag gives, from its
+    sibling folders, each when exactly one file fits (else an error listing them)."""
+    from ..engine import find_components
+
+    path = files.dit or files.root
+    assert path is not None
+    wanted: tuple[Component, ...] = ("vae", "text_encoder") + (("image_encoder",) if task != "t2v" else ())
+    found = find_components(path, task, tuple(c for c in wanted if getattr(opts, c) is None))
+    if not found.paths:
+        return files, []
+    parts = {c: found.paths.get(c, getattr(files, c)) for c in ("dit", "vae", "text_encoder", "image_encoder")}
+    return replace(files, root=None, **parts), found.notes
+
+
 def pick_device(name: str) -> str:
     import torch
 
@@ -217,6 +233,9 @@ def plan(item: Item, run: Run) -> Job:
             raise InputError(f"{variant.name} is {a_model(variant_task)}; this run is {task}",
                              hint=f"use `wan {cmd} …{extra}` with it, or -m {DEFAULT_MODEL[task]}")  # fmt: skip
     files = resolve_model(spec)
+    found_notes: list[str] = []
+    if files.source == "local":
+        files, found_notes = _beside_in_comfy_tree(files, task, opts)
 
     seed = resolve_seed(settings.seed)
     slug = slugify(item.prompt)
@@ -251,7 +270,7 @@ def plan(item: Item, run: Run) -> Job:
         if img is not None:
             load_image(img)  # a missing, unreadable or animated image fails here, before any model is loaded
     check_writable([p for p in (output, sidecar, latents) if p is not None], opts.force)
-    notes = []
+    notes = found_notes
     if variant is not None and (settings.width, settings.height) not in variant.sizes:
         trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
         what = "size" if task == "t2v" else "area"
@@ -407,6 +426,7 @@ def run_items(run: Run, items: list[Item]) -> None:
 
 
 def start(command: str, prompt: str | None, image: str | None, last_frame: str | None, raw: dict[str, Any]) -> None:
+    refuse_peer_options(raw)
     opts = Options(**raw)
     if opts.offload not in OFFLOAD:
         raise UsageError(f"invalid value for --offload: {opts.offload!r}", hint="use auto, none, model or blocks")

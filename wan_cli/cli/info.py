@@ -74,28 +74,55 @@ def presets_show(
 
 def inspect(
     path: Annotated[
-        Path, typer.Argument(metavar="PATH", help="A weights file, a model folder or a Diffusers pipeline folder.")
+        Path,
+        typer.Argument(
+            metavar="PATH",
+            help="A weights file (safetensors, .pth, GGUF), a model folder, a Diffusers pipeline folder or a ComfyUI "
+            "models/ folder.",
+        ),
     ],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a summary.")] = False,
 ) -> None:
-    """Tell what a checkpoint holds (DiT / VAE / …), its layout, variant and dtypes, without loading it.
+    """Tell what a checkpoint holds (DiT / VAE / text encoder / CLIP), its layout, variant, dtypes and quantization,
+    without loading it; for a folder, every component in it.
 
-    Example: wan inspect wan2.1_t2v_1.3B_fp8_e4m3fn.safetensors
+    Examples:
+
+      wan inspect wan2.1_t2v_1.3B_fp8_e4m3fn.safetensors
+
+      wan inspect ~/ComfyUI/models --json
     """
-    from ..engine import inspect_checkpoint  # torch is imported lazily: `wan --help` stays fast
+    from ..engine import FolderInfo, inspect_checkpoint  # torch is imported lazily: `wan --help` stays fast
 
     info = run_guarded(lambda: inspect_checkpoint(path), stderr)
     if json_out:
         emit_json(info.to_dict())
         return
-    dtypes = ", ".join(f"{k} ×{v}" for k, v in sorted(info.dtypes.items()))
-    emit_line(f"{info.path}: {info.kind} ({info.layout or 'unknown layout'})")
+    if not isinstance(info, FolderInfo):
+        emit_line(f"{info.path}: {info.kind} ({info.layout or 'unknown layout'})")
+        for label, value in _summary(info):
+            emit_line(f"  {label:<13} {value}")
+        return
+    emit_line(f"{info.path}: folder ({info.layout}), {len(info.components)} weights file(s)")
+    for c in info.components:
+        emit_line(f"  {c.kind:<13} {c.path}")
+        for label, value in _summary(c):
+            emit_line(f"    {label:<13} {value}")
+    for tok in info.tokenizers:
+        emit_line(f"  {'tokenizer':<13} {tok}")
+
+
+def _summary(info: Any) -> list[tuple[str, str]]:
+    """The lines `wan inspect` prints for one component (a CheckpointInfo)."""
+    rows = [("layout", info.layout or "unknown")] if info.kind == "unknown" else []
     if info.variant:
-        emit_line(f"  variant       {info.variant}")
-    emit_line(f"  tensors       {info.tensors} ({info.parameters:,} parameters)")
-    emit_line(f"  dtypes        {dtypes}")
-    emit_line(f"  quantization  {info.quantization}")
-    emit_line(f"  files         {len(info.files)}")
+        rows.append(("variant", info.variant))
+    dtypes = ", ".join(f"{k} ×{v}" for k, v in sorted(info.dtypes.items()))
+    rows += [("tensors", f"{info.tensors} ({info.parameters:,} parameters)"), ("dtypes", dtypes),
+             ("quantization", info.quantization), ("files", str(len(info.files)))]  # fmt: skip
+    if info.tokenizer:
+        rows.append(("tokenizer", info.tokenizer))
+    return rows
 
 
 def _version(dist: str) -> str | None:

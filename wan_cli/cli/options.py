@@ -37,7 +37,7 @@ HELP = {
     "or a template.",
     "text_encoder": "UMT5 weights, overriding the model's.",
     "vae": "VAE weights, overriding the model's.",
-    "image_encoder": "CLIP weights (i2v), overriding the model's.",
+    "image_encoder": "CLIP vision weights (i2v; ComfyUI's clip_vision_h.safetensors), overriding the model's.",
     "tokenizer": "Tokenizer folder, overriding the model's.",
     "device": "Where to run. Env: WAN_DEVICE.",
     "dtype": "DiT compute dtype (auto: bf16 on GPUs, fp32 on CPU); fp8 stores the DiT's block weights in fp8 "
@@ -71,7 +71,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("save_latents", str | None, ("--save-latents",), "PATH", None),
     ("text_encoder", Path | None, ("--text-encoder",), "PATH", None),
     ("vae", Path | None, ("--vae",), "PATH", None),
-    ("image_encoder", Path | None, ("--image-encoder",), "PATH", None),
+    ("image_encoder", Path | None, ("--image-encoder", "--clip-vision"), "PATH", None),
     ("tokenizer", Path | None, ("--tokenizer",), "PATH", None),
     ("device", str | None, ("--device",), "auto|cuda|cpu|mps", None),
     ("dtype", str | None, ("--dtype",), "auto|bf16|fp16|fp32|fp8", None),
@@ -87,6 +87,37 @@ COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     for name, kind, decls, metavar, default in _COMMON
 ]
 
+# What people type out of habit from the official generate.py and diffusers' examples → the wan option that does it.
+# Accepted (hidden) only to answer with that option, as a usage error; (where from, wan's option, takes a value).
+PEER_OPTIONS: dict[str, tuple[str, str, bool]] = {
+    "--ckpt_dir": ("generate.py", "-m/--model", True),
+    "--sample_steps": ("generate.py", "--steps", True),
+    "--frame_num": ("generate.py", "--frames", True),
+    "--sample_guide_scale": ("generate.py", "--guidance", True),
+    "--sample_shift": ("generate.py", "--shift", True),
+    "--sample_solver": ("generate.py", "--solver", True),
+    "--base_seed": ("generate.py", "--seed", True),
+    "--t5_cpu": ("generate.py", "--offload model (the text encoder then streams through the GPU)", False),
+    "--offload_model": ("generate.py", "--offload model", True),
+    "--num_inference_steps": ("diffusers", "--steps", True),
+    "--guidance_scale": ("diffusers", "--guidance", True),
+    "--num_frames": ("diffusers", "--frames", True),
+}
+PEER_PARAMS = {f"peer_{flag.strip('-')}": flag for flag in PEER_OPTIONS}
+_PEER_COMMON: list[tuple[str, Any, Any]] = [
+    (param, Annotated[str | None if PEER_OPTIONS[flag][2] else bool, typer.Option(flag, hidden=True)],
+     None if PEER_OPTIONS[flag][2] else False)
+    for param, flag in PEER_PARAMS.items()
+]  # fmt: skip
+
+
+def refuse_peer_options(raw: dict[str, Any]) -> None:
+    """Pop the peers' options from ``raw``; one that was given is a usage error naming wan's option."""
+    given = [flag for param, flag in PEER_PARAMS.items() if raw.pop(param, None) not in (None, False)]
+    if given:
+        where, ours, _ = PEER_OPTIONS[given[0]]
+        raise UsageError(f"{given[0]} is an option of {where}, not of wan", hint=f"wan's option for it: {ours}")
+
 
 def with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
     """Give ``fn(own args, **opts)`` a signature Typer can read: its own parameters, then COMMON_OPTIONS."""
@@ -96,7 +127,8 @@ def with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
         if p.kind is not inspect.Parameter.VAR_KEYWORD
     ]
     common = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d) for n, a, d in COMMON_OPTIONS
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+        for n, a, d in (*COMMON_OPTIONS, *_PEER_COMMON)
     ]
     fn.__signature__ = inspect.Signature([*own, *common])  # type: ignore[attr-defined]
     return fn

@@ -24,6 +24,7 @@ from .output import Progress, emit_json, emit_line, stderr
 if TYPE_CHECKING:
     from ..engine.vae import WanVAE
 
+VAE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 CHUNK_FRAMES = 16  # frames read from ffmpeg at a time: 4 latent frames; memory ∝ this, not the video length
 
 ModelOpt = Annotated[str | None, typer.Option("-m", "--model", metavar="NAME|PATH", show_default=False,
@@ -33,14 +34,20 @@ VaeOpt = Annotated[Path | None, typer.Option("--vae", metavar="PATH", show_defau
                    help="A VAE weights file, overriding the model's.")]  # fmt: skip
 DeviceOpt = Annotated[str | None, typer.Option("--device", metavar="auto|cuda|cpu|mps", show_default=False,
                       help="Where to run the VAE. Env: WAN_DEVICE.")]  # fmt: skip
+DtypeOpt = Annotated[str | None, typer.Option("--dtype", metavar="auto|bf16|fp16|fp32", show_default=False,
+                     help="The VAE's dtype (auto: fp32, as the official code runs it; bf16 halves its memory on a "
+                     "GPU). Env: WAN_DTYPE (its fp8, a DiT setting, means auto here).")]  # fmt: skip
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON record instead of the path.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the output path; no progress.")]
 TileOpt = Annotated[int | None, typer.Option("--vae-tile", metavar="PX", show_default=False, help=HELP["vae_tile"])]
 
 
-def _load_vae(model: str | None, vae: Path | None, device: str | None) -> tuple[WanVAE, str, str]:
-    """The VAE (fp32, as official) on the chosen device → (vae, weights path, model label)."""
+def _load_vae(model: str | None, vae: Path | None, device: str | None,
+              dtype: str | None = None) -> tuple[WanVAE, str, str, str]:  # fmt: skip
+    """The VAE on the chosen device in the chosen dtype → (vae, weights path, model label, dtype name)."""
+    import torch
+
     from ..engine.checkpoints import load_vae
     from ..hub import resolve_model
     from .generate import pick_device
@@ -50,6 +57,8 @@ def _load_vae(model: str | None, vae: Path | None, device: str | None) -> tuple[
         dev = Values.model_validate({"device": device}).device if device else env.device
     except Exception:
         raise UsageError(f"invalid value for --device: {device!r}", hint="use auto, cuda, cpu or mps") from None
+    check_dtype(dtype)
+    name = dtype or (env.dtype if env.dtype in VAE_DTYPES else "auto")
     spec = model or env.model or "1.3b-t2v"
     if vae is not None:
         path, label = vae, str(vae)
@@ -59,7 +68,15 @@ def _load_vae(model: str | None, vae: Path | None, device: str | None) -> tuple[
         if found is None:
             raise InputError(f"{spec} has no VAE weights", hint="pass the VAE file with --vae PATH")
         path, label = found, files.name or spec
-    return load_vae(path, device=pick_device(dev or "auto")), str(path), label
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
+    loaded = load_vae(path, device=pick_device(dev or "auto"), dtype=torch_dtype)
+    return loaded, str(path), label, str(torch_dtype).removeprefix("torch.")
+
+
+def check_dtype(dtype: str | None) -> None:
+    if dtype is not None and dtype not in VAE_DTYPES:
+        hint = "fp8 stores the DiT's weights; the VAE runs in " if dtype == "fp8" else "use "
+        raise UsageError(f"invalid value for --dtype: {dtype!r}", hint=hint + "auto, bf16, fp16 or fp32")
 
 
 def _mode(json_out: bool, quiet: bool) -> bool:
@@ -103,6 +120,7 @@ def encode(
     ] = None,
     vae: VaeOpt = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     vae_tile: TileOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -116,19 +134,20 @@ def encode(
 
       wan encode clip.mp4 -o clip.safetensors --size 832x480 --frames 81
     """
-    run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet, vae_tile),
-                stderr)  # fmt: skip
+    run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet, vae_tile,
+                                dtype), stderr)  # fmt: skip
 
 
 def _encode(video: Path, output: Path, model: str | None, size: str | None, frames: int | None, vae: Path | None,
             device: str | None, force: bool, json_out: bool, quiet: bool,
-            vae_tile: int | None = None) -> None:  # fmt: skip
+            vae_tile: int | None = None, dtype: str | None = None) -> None:  # fmt: skip
     from ..engine.latents import LatentsWriter
     from ..engine.vae import check_frame_count
     from ..engine.video import VideoReader, check_output_path
 
     human = _mode(json_out, quiet)
     tiling = vae_tiling(vae_tile)
+    check_dtype(dtype)
     wh = None
     if size is not None:
         try:
@@ -148,7 +167,7 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
         wh = (src_w // 16 * 16, src_h // 16 * 16)
         if 0 in wh:
             raise InputError(f"{video} is {src_w}x{src_h}: too small", hint="the VAE needs at least 16x16 frames")
-    model_vae, vae_path, label = _load_vae(model, vae, device)
+    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, device, dtype)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     encoder = model_vae.stream_encoder(tiling)
@@ -170,7 +189,8 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
         h, w = sink.frame_shape or (0, 0)
         record: dict[str, Any] = {
             "output": str(output), "source": str(video), "model": label, "vae": vae_path,
-            "frames": used, "width": wh[0], "height": wh[1], "fps": reader.fps,
+            "device": str(model_vae.latent_mean.device), "dtype": dtype_name, "frames": used, "width": wh[0],
+            "height": wh[1], "fps": reader.fps,
             "latent_shape": [16, sink.count, h, w], "wan_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": timings,
         }  # fmt: skip
@@ -190,6 +210,7 @@ def decode(
     ] = None,
     vae: VaeOpt = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
     vae_tile: TileOpt = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
@@ -203,16 +224,19 @@ def decode(
 
       wan t2v "a cat" --save-latents cat.safetensors && wan decode cat.safetensors -o cat-24fps.mp4 --fps 24
     """
-    run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet, vae_tile), stderr)
+    run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet, vae_tile, dtype),
+                stderr)  # fmt: skip
 
 
 def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae: Path | None, device: str | None,
-            force: bool, json_out: bool, quiet: bool, vae_tile: int | None = None) -> None:  # fmt: skip
+            force: bool, json_out: bool, quiet: bool, vae_tile: int | None = None,
+            dtype: str | None = None) -> None:  # fmt: skip
     from ..engine.latents import iter_latents, read_latents_info
     from ..engine.video import VideoWriter, check_output_path
 
     human = _mode(json_out, quiet)
     tiling = vae_tiling(vae_tile)
+    check_dtype(dtype)
     if fps is not None and not fps > 0:
         raise UsageError(f"invalid value for --fps: {fps}", hint="a positive number, e.g. 16")
     if output.suffix.lower() != ".mp4":
@@ -222,11 +246,12 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
     lat = read_latents_info(path)  # the header only: latent frames are read one at a time below
     for _ in iter_latents(lat, chunk=8):  # a quick pass for NaN/Inf before any model is loaded (memory: 8 frames)
         pass
-    model_vae, vae_path, label = _load_vae(model, vae, device)
+    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, device, dtype)
     t_load = time.perf_counter() - t0
     rate = fps if fps is not None else lat.fps
     record: dict[str, Any] = {
-        "output": str(output), "source": str(path), "model": label, "vae": vae_path, "frames": lat.frames,
+        "output": str(output), "source": str(path), "model": label, "vae": vae_path,
+        "device": str(model_vae.latent_mean.device), "dtype": dtype_name, "frames": lat.frames,
         "width": lat.width, "height": lat.height, "fps": rate, "generation": lat.record or None,
         "wan_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip

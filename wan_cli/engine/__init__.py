@@ -4,7 +4,9 @@
   clip_fea=None, y=None)`` → velocity).
 - ``load_vae(path, *, device, dtype)`` → :class:`WanVAE` (``encode``, ``decode``, ``stream_encoder``,
   ``stream_decoder``).
-- ``inspect_checkpoint(path)`` → :class:`CheckpointInfo` (what a file or folder holds, without loading it).
+- ``inspect_checkpoint(path)`` → :class:`CheckpointInfo` for a file, :class:`FolderInfo` (every component) for a
+  folder: what it holds, without loading it. ``find_components(path, task, wanted)``: for a diffusion model in a
+  ComfyUI ``models/`` tree, the VAE / text encoder / CLIP in its sibling folders.
 - ``load_text_encoder`` / ``load_image_encoder`` → UMT5 and CLIP (transformers models) from any layout.
 - ``generate(GenerationRequest)`` → :class:`GenerationResult` (latents + a frame stream); a :class:`Pipeline`
   keeps models loaded across a batch.
@@ -19,7 +21,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "checkpoints": ("CheckpointInfo", "inspect_checkpoint", "load_transformer", "load_vae"),
+    "checkpoints": ("load_transformer", "load_vae", "peek_transformer_config"),
+    "discover": ("CheckpointInfo", "FolderInfo", "find_components", "inspect_checkpoint"),
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
     "errors": ("CheckpointError", "InputError", "WanError"),
     "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
@@ -32,6 +35,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "FeatureCache",
+    "FolderInfo",
     "GenerationRequest",
     "GenerationResult",
     "ImageEncoder",
@@ -47,12 +51,14 @@ __all__ = [
     "WanVAE",
     "WanVAEConfig",
     "check_frame_count",
+    "find_components",
     "generate",
     "inspect_checkpoint",
     "load_image_encoder",
     "load_text_encoder",
     "load_transformer",
     "load_vae",
+    "peek_transformer_config",
 ]
 assert set(_WHERE) == set(__all__)
 
@@ -64,8 +70,9 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .checkpoints import CheckpointInfo, inspect_checkpoint, load_transformer, load_vae
+    from .checkpoints import load_transformer, load_vae, peek_transformer_config
     from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
+    from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
     from .errors import CheckpointError, InputError, WanError
     from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
     from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,21 +22,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import TensorSource, check_keys, detect_kind, materialise, resolve_files, wrong_kind
+from .checkpoints import materialise
 from .errors import CheckpointError, InputError
+from .gguf import GGUFSource
+from .layouts import CLIP_HF_PREFIX, COMPONENT_FILES, check_keys, clip_to_hf, detect_kind, t5_official_to_hf, wrong_kind
+from .tensors import Source, TensorSource, open_source, resolve_files
+from .tokenizer import TOKENIZER_HINT, load_tokenizer, tokenizer_beside, tokenizer_from_gguf, tokenizer_from_spiece
 
 TEXT_LEN = 512
 CLIP_SIZE = 224
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-T5_NAMES = ("models_t5_umt5-xxl-enc-bf16.pth", "model.safetensors.index.json", "model.safetensors")
-CLIP_NAMES = (
-    "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "clip_vision_h.safetensors",
-)
 
 
 def clean_prompt(text: str) -> str:
@@ -52,35 +47,10 @@ def clean_prompt(text: str) -> str:
 # UMT5 text encoder
 # --------------------------------------------------------------------------------------------------------------------
 
-# checkpoint-formats.md §5.1: official Wan-T5 names → HF UMT5 names.
-T5_OFFICIAL_TO_HF: tuple[tuple[str, str], ...] = (
-    (r"^token_embedding\.", "shared."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.block.\1.layer.0.layer_norm."),
-    (r"^blocks\.(\d+)\.attn\.([qkvo])\.", r"encoder.block.\1.layer.0.SelfAttention.\2."),
-    (r"^blocks\.(\d+)\.pos_embedding\.embedding\.", r"encoder.block.\1.layer.0.SelfAttention.relative_attention_bias."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.block.\1.layer.1.layer_norm."),
-    (r"^blocks\.(\d+)\.ffn\.gate\.0\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_0."),  # the GELU branch
-    (r"^blocks\.(\d+)\.ffn\.fc1\.", r"encoder.block.\1.layer.1.DenseReluDense.wi_1."),
-    (r"^blocks\.(\d+)\.ffn\.fc2\.", r"encoder.block.\1.layer.1.DenseReluDense.wo."),
-    (r"^norm\.", "encoder.final_layer_norm."),
-)
-_T5_IGNORED = re.compile(r"^(spiece_model|encoder\.embed_tokens\.weight)$")  # tokenizer bytes; the tied embedding alias
+_T5_IGNORED = re.compile(r"^encoder\.embed_tokens\.weight$")  # the tied alias of shared.weight
 
 
-def _rename_first(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
-    """The key renamed by the first rule that matches it, or None."""
-    for pattern, repl in table:
-        new, n = re.subn(pattern, repl, key)
-        if n:
-            return new
-    return None
-
-
-def t5_official_to_hf(key: str) -> str:
-    return _rename_first(key, T5_OFFICIAL_TO_HF) or key
-
-
-def _umt5_config_from_shapes(src: TensorSource) -> Any:
+def _umt5_config_from_shapes(src: Source) -> Any:
     from transformers import UMT5Config
 
     vocab, d_model = src.shape("shared.weight")
@@ -137,48 +107,17 @@ class TextEncoder:
         return self.model(inputs_embeds=embeds, attention_mask=mask.to(self.device)).last_hidden_state
 
 
-def load_tokenizer(path: str | Path) -> Any:
-    """A UMT5 tokenizer from a folder (``google/umt5-xxl/``, Diffusers ``tokenizer/``) or a ``spiece.model`` file."""
-    from transformers import AutoTokenizer, T5Tokenizer
-
-    p = Path(path).expanduser()
-    try:
-        if p.is_file():  # a bare SentencePiece model
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "spiece.model").write_bytes(p.read_bytes())
-                return T5Tokenizer.from_pretrained(tmp, extra_ids=0)
-        if (p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file():
-            return AutoTokenizer.from_pretrained(str(p))
-        if (p / "spiece.model").is_file():
-            return T5Tokenizer.from_pretrained(str(p), extra_ids=0)
-    except Exception as exc:
-        raise CheckpointError(
-            f"cannot load a tokenizer from {p}: {exc}", hint="pass the google/umt5-xxl tokenizer folder"
-        ) from exc
-    raise CheckpointError(f"{p} holds no tokenizer (tokenizer.json or spiece.model)",
-                          hint="pass the google/umt5-xxl tokenizer folder")  # fmt: skip
-
-
-def _embedded_tokenizer(src: TensorSource) -> Any:
-    """ComfyUI text-encoder files carry the SentencePiece model as a uint8 tensor named ``spiece_model``."""
-    data = src.get("spiece_model").to(torch.uint8).numpy().tobytes()
-    with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "spiece.model"
-        model.write_bytes(data)
-        return load_tokenizer(model)
-
-
-def _find_tokenizer(path: Path, files: list[Path], src: TensorSource) -> Any:
-    folder = path if path.is_dir() else path.parent
-    for cand in (folder / "google" / "umt5-xxl", folder / "tokenizer", folder.parent / "tokenizer"):
-        if cand.is_dir():
-            return load_tokenizer(cand)
+def _tokenizer_for(files: list[Path], src: Source) -> Any:
+    """The tokenizer the layout puts beside the encoder, else the one embedded in the file (ComfyUI)."""
+    beside = tokenizer_beside(files[0])
+    if beside is not None:
+        return load_tokenizer(beside)
     if "spiece_model" in src:
-        return _embedded_tokenizer(src)
-    raise CheckpointError(
-        f"no tokenizer found for {files[0]}",
-        hint="pass the tokenizer folder (google/umt5-xxl, or a Diffusers tokenizer/ folder) with --tokenizer",
-    )
+        return tokenizer_from_spiece(src.get("spiece_model").to(torch.uint8).numpy().tobytes())
+    vocab = src.vocab() if isinstance(src, GGUFSource) else None  # a UMT5 GGUF carries its vocabulary as metadata
+    if vocab is not None:
+        return tokenizer_from_gguf(vocab)
+    raise CheckpointError(f"no tokenizer found for {files[0]}", hint=TOKENIZER_HINT)
 
 
 def load_text_encoder(
@@ -192,15 +131,16 @@ def load_text_encoder(
     from transformers import UMT5Config, UMT5EncoderModel
 
     p = Path(path).expanduser()
-    files, raw_cfg = resolve_files(p, "text_encoder", T5_NAMES)
-    src = TensorSource(files)
+    files, raw_cfg = resolve_files(p, *COMPONENT_FILES["text_encoder"])
+    src = open_source(files)
     found = detect_kind(src)
     if found.kind != "text_encoder":
         raise wrong_kind(src, "text_encoder", found.kind)
     if found.layout == "official":
-        src = src.renamed({t5_official_to_hf(k): src.get(k) for k in src})
+        src = TensorSource.of({t5_official_to_hf(k): src.get(k) for k in src}, src)
     if "shared.weight" not in src and "encoder.embed_tokens.weight" in src:
-        src = src.renamed({("shared.weight" if k == "encoder.embed_tokens.weight" else k): src.get(k) for k in src})
+        src = TensorSource.of({("shared.weight" if k == "encoder.embed_tokens.weight" else k): src.get(k) for k in src},
+                              src)  # fmt: skip
     try:
         config = UMT5Config.from_dict(raw_cfg) if raw_cfg and "d_model" in raw_cfg else _umt5_config_from_shapes(src)
     except (KeyError, ValueError, TypeError) as exc:
@@ -209,7 +149,7 @@ def load_text_encoder(
         model = UMT5EncoderModel(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
     check_keys(src, expected, {k: k for k in expected}, "UMT5 text encoder", ignore=_T5_IGNORED)
-    tok = load_tokenizer(tokenizer) if tokenizer is not None else _find_tokenizer(p, files, src)
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else _tokenizer_for(files, src)
     dev = torch.device(device)
     state = {k: materialise(src, k, dtype, dev) for k in expected}
     state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied
@@ -222,43 +162,8 @@ def load_text_encoder(
 # CLIP vision tower
 # --------------------------------------------------------------------------------------------------------------------
 
-_HF_PREFIX = "vision_model."  # transformers 4.x CLIPVisionModel (and ComfyUI files) put the tower under this name
-_CLIP_IGNORED = re.compile(r"^(textual\.|log_scale$|visual\.head$|visual_projection\.)")
 
-# checkpoint-formats.md §5.2: Wan's open-clip names → HF CLIPVisionModel names. Three tensors need more than a
-# rename and are handled in _clip_official_to_hf: cls/pos embeddings (reshaped) and the fused qkv (split).
-CLIP_OFFICIAL_TO_HF: tuple[tuple[str, str], ...] = (
-    (r"^visual\.patch_embedding\.", "embeddings.patch_embedding."),
-    (r"^visual\.pre_norm\.", "pre_layrnorm."),
-    (r"^visual\.post_norm\.", "post_layernorm."),
-    (r"^visual\.transformer\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-    (r"^visual\.transformer\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-    (r"^visual\.transformer\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-    (r"^visual\.transformer\.(\d+)\.mlp\.0\.", r"encoder.layers.\1.mlp.fc1."),
-    (r"^visual\.transformer\.(\d+)\.mlp\.2\.", r"encoder.layers.\1.mlp.fc2."),
-)
-
-
-def _clip_official_to_hf(src: TensorSource) -> dict[str, torch.Tensor]:
-    """The visual tower of Wan's open-clip .pth under HF names (tensors are views: nothing is copied)."""
-    out: dict[str, torch.Tensor] = {}
-    for key in src:
-        if _CLIP_IGNORED.search(key):
-            continue
-        t = src.get(key)
-        if key == "visual.cls_embedding":
-            out["embeddings.class_embedding"] = t.reshape(-1)
-        elif key == "visual.pos_embedding":
-            out["embeddings.position_embedding.weight"] = t.reshape(t.shape[-2], t.shape[-1])
-        elif m := re.match(r"^visual\.transformer\.(\d+)\.attn\.to_qkv\.(weight|bias)$", key):
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0), strict=True):
-                out[f"encoder.layers.{m.group(1)}.self_attn.{name}.{m.group(2)}"] = part
-        else:
-            out[_rename_first(key, CLIP_OFFICIAL_TO_HF) or key] = t  # unknown names: the strict check reports them
-    return out
-
-
-def _clip_config_from_shapes(src: TensorSource) -> Any:
+def _clip_config_from_shapes(src: Source) -> Any:
     from transformers import CLIPVisionConfig
 
     hidden = src.shape("embeddings.class_embedding")[0]
@@ -293,15 +198,16 @@ class ImageEncoder:
         return self
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images [N, 3, H, W] in [-1, 1] → features [N, 257, 1280] float32."""
-        pixels = preprocess_clip(images.to(self.device))
+    def encode(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """images, each [3, H_i, W_i] in [-1, 1] (sizes may differ: FLF2V's two frames) → [N, 257, 1280] float32."""
+        pixels = torch.cat([preprocess_clip(im[None].to(self.device)) for im in images])  # each squashed to 224²
         return self.model(pixel_values=pixels.to(self.dtype)).last_hidden_state.float()
 
 
 def preprocess_clip(images: torch.Tensor) -> torch.Tensor:
     """Official rule: the whole [-1, 1] image resized bicubically straight to 224×224 (no crop, no antialias, no
-    clamp), mapped to [0, 1], normalised with the CLIP mean/std; fp32. (HF's image processor would centre-crop.)"""
+    clamp), mapped to [0, 1], normalised with the CLIP mean/std; fp32. (HF's image processor would centre-crop.)
+    Each image is resized on its own, as the official encoder does with its list of inputs."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise InputError(f"images must be [N, 3, H, W], got {tuple(images.shape)}")
     x = F.interpolate(images.float(), size=(CLIP_SIZE, CLIP_SIZE), mode="bicubic", align_corners=False)
@@ -315,17 +221,27 @@ def load_image_encoder(
     path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16
 ) -> ImageEncoder:
     """Load the CLIP vision tower (fp16 by default, as the official code runs it), without its unused last block."""
+    files, raw_cfg = resolve_files(path, *COMPONENT_FILES["image_encoder"])
+    src, model, expected = plan_image_encoder(open_source(files), raw_cfg)
+    dev = torch.device(device)
+    state = {k: materialise(src, c, dtype, dev) for c, (k, _) in expected.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    _materialise_buffers(model, dev)
+    return ImageEncoder(model.eval().requires_grad_(False))
+
+
+def plan_image_encoder(
+    src: Source, raw_cfg: dict[str, Any] | None
+) -> tuple[Source, Any, dict[str, tuple[str, tuple[int, ...]]]]:
+    """Everything checked before a CLIP file's data is read: its layout, its config, every key and shape against a
+    ``CLIPVisionModel`` of 31 blocks built on the meta device → (source under HF names, that model, HF key → (model
+    key, shape))."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    files, raw_cfg = resolve_files(path, "image_encoder", CLIP_NAMES)
-    src = TensorSource(files)
     found = detect_kind(src)
     if found.kind != "clip":
         raise wrong_kind(src, "clip", found.kind)
-    if found.layout == "official":
-        src = src.renamed(_clip_official_to_hf(src))
-    else:  # HF naming, with or without the vision_model. prefix
-        src = src.renamed({k.removeprefix(_HF_PREFIX): src.get(k) for k in src})
+    src = clip_to_hf(src, found.layout)  # HF names without the vision_model. prefix, the text tower left out
     try:
         config = CLIPVisionConfig.from_dict(raw_cfg) if raw_cfg and "hidden_size" in raw_cfg else None
         config = config or _clip_config_from_shapes(src)
@@ -337,14 +253,10 @@ def load_image_encoder(
     config.num_hidden_layers = last
     with torch.device("meta"):
         model = CLIPVisionModel(config)
-    expected = {k.removeprefix(_HF_PREFIX): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
-    ignore = re.compile(rf"^encoder\.layers\.{last}\.|{_CLIP_IGNORED.pattern}")
+    expected = {k.removeprefix(CLIP_HF_PREFIX): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
+    ignore = re.compile(rf"^encoder\.layers\.{last}\.")
     check_keys(src, {c: s for c, (_, s) in expected.items()}, {c: c for c in expected}, "CLIP vision tower", ignore)
-    dev = torch.device(device)
-    state = {k: materialise(src, c, dtype, dev) for c, (k, _) in expected.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    _materialise_buffers(model, dev)
-    return ImageEncoder(model.eval().requires_grad_(False))
+    return src, model, expected
 
 
 def _materialise_buffers(model: torch.nn.Module, device: torch.device) -> None:

@@ -567,7 +567,7 @@ class Pipeline:
         height, width = i2v_size((first.shape[1], first.shape[2]), req.width * req.height)
         req = replace(req, height=height, width=width)
         clip = self.image_encoder(paths["image_encoder"])
-        feats = clip.encode(torch.stack(images))  # [n, 257, 1280]
+        feats = clip.encode(images)  # [n, 257, 1280]; flf2v's two frames may differ in size
         self._done("image_encoder")
         clip_fea = feats.reshape(1, -1, feats.shape[-1]).to(self.device)  # flf2v: [1, 514, 1280], first image first
         vae = self.vae(paths["vae"])

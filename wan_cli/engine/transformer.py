@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .gguf import QuantizedTensor, dequantize
 from .ops import (
     FP8,
     apply_rope,
@@ -117,6 +118,10 @@ class Linear(nn.Linear):
 
     fp8 storage (:func:`store_fp8`): ``weight`` holds float8_e4m3fn values and ``weight_scale`` (a buffer, not in
     the state dict) their per-tensor scale; the layer then computes in ``compute_dtype`` (see ``ops.fp8_linear``).
+
+    GGUF storage (:func:`store_quantized`): ``weight`` holds the file's raw blocks (uint8, still a Parameter, so
+    ``.to()``, offloading and block streaming move it like any weight) and ``weight_qtype`` names their type; each
+    call dequantises the weight for that call only, in ``compute_dtype``, on the weight's device.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -124,6 +129,7 @@ class Linear(nn.Linear):
         self.register_buffer("weight_scale", None, persistent=False)
         self._compute_dtype: torch.dtype | None = None
         self.fp8_matmul = False  # fp8 × fp8 products with torch._scaled_mm (CUDA, sm_89+)
+        self.weight_qtype: str | None = None  # GGUF block type of ``weight`` ("Q4_K", …); None for float weights
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -135,11 +141,34 @@ class Linear(nn.Linear):
             raise ValueError(f"expected a {FP8} tensor of shape {tuple(self.weight.shape)}")
         self.weight = nn.Parameter(q, requires_grad=False)
         self.weight_scale = scale.reshape(()).float().to(q.device)
+        self.weight_qtype = None
         self._compute_dtype = compute_dtype
         if self.bias is not None:
             self.bias.data = self.bias.data.to(compute_dtype)
 
+    def store_quantized(self, qt: QuantizedTensor, compute_dtype: torch.dtype) -> None:
+        """Keep the weight as GGUF blocks ``qt`` (shape [out, in]); compute in ``compute_dtype``. The bias (already
+        loaded) moves to ``compute_dtype``. The state dict then holds the blocks, not a float weight."""
+        if qt.shape != (self.out_features, self.in_features):
+            raise ValueError(f"expected a quantized weight of shape {(self.out_features, self.in_features)}, "
+                             f"got {qt.shape}")  # fmt: skip
+        self.weight = nn.Parameter(qt.data, requires_grad=False)
+        self._buffers["weight_scale"] = None  # no fp8 scale (in case the layer held fp8 before)
+        self.weight_qtype = qt.qtype
+        self._compute_dtype = compute_dtype
+        if self.bias is not None:
+            self.bias.data = self.bias.data.to(compute_dtype)
+
+    @property
+    def plain(self) -> bool:
+        """Whether the weight is an ordinary float tensor (neither fp8 nor GGUF blocks)."""
+        return self.weight_scale is None and self.weight_qtype is None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight_qtype is not None:
+            cdt = self.compute_dtype
+            w = dequantize(self.weight, self.weight_qtype, (self.out_features, self.in_features), cdt)  # [out, in]
+            return F.linear(x.to(cdt), w, self.bias)
         if self.weight_scale is None:
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
         return fp8_linear(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias, self.fp8_matmul)
@@ -462,7 +491,7 @@ def quantize_fp8_(model: WanModel, compute_dtype: torch.dtype, *, fp8_matmul: bo
     """Store the blocks' matmul weights (``FP8_KEYS``) as per-tensor scaled float8_e4m3fn, in place: half the
     memory of bf16 for the blocks (T2V-14B: 29.0 → 14.9 GB); biases move to ``compute_dtype``."""
     for name, module in model.named_modules():
-        if isinstance(module, Linear) and FP8_KEYS.match(name + ".weight") and module.weight_scale is None:
+        if isinstance(module, Linear) and FP8_KEYS.match(name + ".weight") and module.plain:
             q, scale = quantize_fp8(module.weight)
             module.store_fp8(q, scale, compute_dtype)
             module.fp8_matmul = fp8_matmul
@@ -478,10 +507,12 @@ def store_fp8_weights(model: WanModel, scales: dict[str, torch.Tensor], compute_
 
 
 def fuse_qkv_(model: WanModel) -> WanModel:
-    """One q/k/v GEMM per self-attention (``WanSelfAttention.fuse_qkv``), in place; fp8 layers are left as they are
-    (each has its own scale). For a model that stays where it is: not with block streaming or offloading."""
+    """One q/k/v GEMM per self-attention (``WanSelfAttention.fuse_qkv``), in place; fp8 and GGUF-quantised layers are
+    left as they are (each has its own scale or block type). For a model that stays where it is: not with block
+    streaming or offloading."""
     for module in model.modules():
-        if type(module) is WanSelfAttention and module.q.weight_scale is None and module.qkv_weight is None:
+        plain = type(module) is WanSelfAttention and all(lin.plain for lin in (module.q, module.k, module.v))
+        if plain and module.qkv_weight is None:
             module.fuse_qkv()
     return model
 
