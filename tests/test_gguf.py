@@ -32,8 +32,9 @@ from gguf_builders import (
 
 from wan_cli.engine.checkpoints import detect_kind, infer_dit_config
 from wan_cli.engine.errors import CheckpointError
-from wan_cli.engine.gguf import BLOCKS, GGUFSource, QuantizedTensor, is_gguf
+from wan_cli.engine.gguf import GGUFSource, is_gguf
 from wan_cli.engine.memory import stream_blocks
+from wan_cli.engine.quant import BLOCKS, QuantizedTensor
 from wan_cli.engine.transformer import (
     FP8_KEYS,
     Linear,

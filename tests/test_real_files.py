@@ -25,7 +25,14 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from wan_cli.cli.app import app
-from wan_cli.engine import CheckpointError, FolderInfo, inspect_checkpoint, load_image_encoder, load_transformer
+from wan_cli.engine import (
+    CheckpointError,
+    FolderInfo,
+    inspect_checkpoint,
+    load_image_encoder,
+    load_text_encoder,
+    load_transformer,
+)
 from wan_cli.engine.conditioning import preprocess_clip
 
 runner = CliRunner()
@@ -299,3 +306,34 @@ def test_the_full_size_clip_vision_h_header_passes_every_check() -> None:
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (1280, 16, 5120)
     assert (cfg.num_hidden_layers, cfg.image_size, cfg.patch_size) == (31, 224, 14)  # block 32 is never run
     assert len(expected) == 3 + 2 + 2 + 31 * 16  # embeddings, pre/post norms, 31 blocks: position_ids dropped
+
+
+@pytest.mark.parametrize("component", ["dit", "vae", "text_encoder", "image_encoder"])
+def test_every_loader_drops_the_buffers_other_tools_save(component: str, tmp: Path) -> None:
+    """position_ids, a scaled-fp8 marker, spiece_model and Diffusers' norm_added_q: beside any component's weights
+    they are skipped by name (layouts.IGNORED_KEYS), and the loaded weights are those of the plain file."""
+    from builders import write_comfy_model
+
+    from wan_cli.engine import load_vae
+
+    files = write_comfy_model(tmp / "m", "i2v", seed=2)
+    path = files[component]
+    state = load_file(str(path))
+    extra = {
+        "embeddings.position_ids": torch.arange(257)[None],
+        "scaled_fp8": torch.zeros(0, dtype=torch.float8_e4m3fn),
+        "spiece_model": torch.zeros(4, dtype=torch.uint8),
+        "blocks.0.attn2.norm_added_q.weight": torch.ones(4),
+    }
+    prefix = "model.diffusion_model." if component == "dit" else ""
+    if component == "text_encoder":
+        extra.pop("spiece_model")  # it already has the real one: the tokenizer
+    state.update({prefix + k: v for k, v in extra.items()})
+    path = tmp / f"with-extras-{path.name}"
+    save_file(state, str(path))
+    loader = {"dit": load_transformer, "vae": load_vae, "text_encoder": load_text_encoder,
+              "image_encoder": load_image_encoder}[component]  # fmt: skip
+    with_extras, plain = loader(path), loader(files[component])
+    model = getattr(with_extras, "model", with_extras)
+    want = getattr(plain, "model", plain).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())

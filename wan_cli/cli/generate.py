@@ -29,7 +29,7 @@ from .options import Options, flag_values, refuse_peer_options, vae_tiling, with
 from .output import Progress, emit_json, emit_line, stderr
 
 if TYPE_CHECKING:
-    from ..engine.layouts import Component
+    from ..engine import Component
     from ..engine.pipeline import GenerationRequest, GenerationResult, Pipeline
     from ..hub import ModelFiles
 

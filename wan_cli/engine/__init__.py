@@ -25,6 +25,7 @@ _EXPORTS = {
     "discover": ("CheckpointInfo", "FolderInfo", "find_components", "inspect_checkpoint"),
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
     "errors": ("CheckpointError", "InputError", "WanError"),
+    "layouts": ("Component",),
     "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
     "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
     "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
@@ -34,6 +35,7 @@ __all__ = [
     "DIT_CONFIGS",
     "CheckpointError",
     "CheckpointInfo",
+    "Component",
     "FeatureCache",
     "FolderInfo",
     "GenerationRequest",
@@ -74,6 +76,7 @@ if TYPE_CHECKING:
     from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
     from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
     from .errors import CheckpointError, InputError, WanError
+    from .layouts import Component
     from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
     from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
     from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .gguf import GGUFSource, QuantizedTensor
+from .gguf import GGUFSource
 from .layouts import (
     COMPONENT_FILES,
     SCALE_SUFFIX,
@@ -29,6 +29,7 @@ from .layouts import (
     wrong_kind,
 )
 from .ops import FP8, quantize_fp8
+from .quant import QuantizedTensor
 from .tensors import Source, open_source, resolve_files
 from .transformer import (
     DIT_CONFIGS,

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .gguf import QuantizedTensor, dequantize
 from .ops import (
     FP8,
     apply_rope,
@@ -33,6 +32,7 @@ from .ops import (
     rope_cos_sin,
     sinusoidal_embedding_1d,
 )
+from .quant import QuantizedTensor, dequantize
 
 ModelType = Literal["t2v", "i2v", "flf2v"]
 CLIP_TOKENS = 257  # ViT-H/14 at 224 px: 16×16 patches + CLS
