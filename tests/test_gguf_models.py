@@ -93,6 +93,8 @@ def test_umt5_gguf_loads_with_its_embedded_vocabulary(umt5_gguf: tuple[Path, Pat
     import sentencepiece
 
     path, spm, model = umt5_gguf
+    info = inspect_checkpoint(path)
+    assert (info.kind, info.layout, info.tokenizer) == ("text_encoder", "gguf", "embedded")  # type: ignore[union-attr]
     enc = load_text_encoder(path, dtype=torch.float32)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(spm))
     for text in ("a dog runs in the park", "镜头晃动，色调艳丽 🐶 zebra", "Ｆｕｌｌ width"):

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from .checkpoints import DiTPlan, VAEPlan, dit_variant_name, is_fp8
 from .errors import CheckpointError
+from .gguf import GGUFSource
 from .layouts import IGNORED_KEYS, SCALE_SUFFIX, Component, Kind, Layout, detect_kind
 from .tensors import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, Source, open_source, shards_from_index
 from .transformer import CLIP_DIM, WanDiTConfig
@@ -107,8 +108,15 @@ def inspect_files(files: list[Path], shown: Path | None = None) -> CheckpointInf
     return CheckpointInfo(
         path=str(where), files=[str(f) for f in src.paths], kind=found.kind, layout=layout, variant=variant,
         quantization=_quantization(src), dtypes=dtypes, tensors=sum(dtypes.values()), parameters=params,
-        config=config, tokenizer="embedded" if "spiece_model" in src else None,
+        config=config, tokenizer="embedded" if _embeds_tokenizer(src, found.kind) else None,
     )  # fmt: skip
+
+
+def _embeds_tokenizer(src: Source, kind: Kind) -> bool:
+    """A ComfyUI text encoder's `spiece_model` tensor, or a UMT5 GGUF's vocabulary metadata."""
+    if kind != "text_encoder":
+        return False
+    return "spiece_model" in src or (isinstance(src, GGUFSource) and src.vocab() is not None)
 
 
 # --------------------------------------------------------------------------------------------------------------------
