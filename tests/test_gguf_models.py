@@ -117,3 +117,16 @@ def test_t2v_from_gguf_files_end_to_end(umt5_gguf: tuple[Path, Path, torch.nn.Mo
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{out}\n" and out.stat().st_size > 0
+
+
+def test_the_memory_estimate_of_a_gguf_dit_is_what_it_holds(tmp: Path) -> None:
+    """`--offload auto` sizes a GGUF DiT by its stored blocks (not as bf16): the estimate from the headers equals
+    the bytes of the loaded model's parameters."""
+    from wan_cli.engine.checkpoints import gguf_dit_bytes
+    from wan_cli.engine.transformer import dit_weight_bytes
+
+    cfg = tiny_dit_config("t2v")
+    path, _, _ = write_city96_dit(random_dit(cfg), tmp / "dit.gguf", "Q4_K", mix=True)
+    loaded = load_transformer(path, dtype=torch.bfloat16)
+    held = sum(p.numel() * p.element_size() for p in loaded.parameters())
+    assert gguf_dit_bytes(path, 2) == held < dit_weight_bytes(cfg, 2)  # (tiny: mostly fp32 norms and embeddings)

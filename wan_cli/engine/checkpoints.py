@@ -277,6 +277,20 @@ def _fp8_weight(src: Source, file_key: str, device: torch.device) -> tuple[torch
     return q.to(device), scale.to(device)
 
 
+def gguf_dit_bytes(path: str | Path, bytes_per_weight: int) -> int | None:
+    """Bytes a GGUF DiT holds once loaded, from its headers: the quantised block weights as stored, the fp32
+    parameters at 4 bytes, the rest at ``bytes_per_weight``. None for other formats (see ``dit_weight_bytes``)."""
+    src = DiTPlan(path).src
+    if not isinstance(src, GGUFSource):
+        return None
+    total = 0
+    for k in src:
+        qt = src.quantized(k) if FP8_KEYS.match(k) else None
+        size = 4 if WanModel.keeps_fp32(k) else bytes_per_weight
+        total += qt.nbytes if qt is not None else math.prod(src.shape(k)) * size
+    return total
+
+
 def peek_transformer_config(path: str | Path) -> WanDiTConfig:
     """The DiT's configuration from its headers (and config.json): nothing heavy is read."""
     return DiTPlan(path).config

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_transformer, load_vae, peek_transformer_config
+from .checkpoints import gguf_dit_bytes, load_transformer, load_vae, peek_transformer_config
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
 from .memory import BlockStreamer, Offload, choose_offload, move_except, stream_blocks
@@ -354,11 +354,12 @@ class Pipeline:
             return "release"
         return "keep" if self.offload == "none" else "offload"
 
-    def _resolve_offload(self, dit_cfg: Any, tokens: int) -> Offload:
+    def _resolve_offload(self, dit_cfg: Any, tokens: int, dit_path: str) -> Offload:
         """The memory mode for ``offload=None`` on an accelerator, from its free memory (decided once)."""
         if self.offload is None:
             free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
-            dit = dit_weight_bytes(dit_cfg, torch.finfo(self.dtype).bits // 8, fp8=self.fp8)
+            per_weight = torch.finfo(self.dtype).bits // 8
+            dit = gguf_dit_bytes(dit_path, per_weight) or dit_weight_bytes(dit_cfg, per_weight, fp8=self.fp8)
             self.offload = choose_offload(free, dit, dit_cfg.dim, dit_cfg.ffn_dim, tokens)
             log.debug("offload %s (free %.1f GiB)", self.offload, free / 2**30)
         return self.offload
@@ -503,7 +504,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         tokens = (request.frames - 1) // TEMPORAL_STRIDE + 1
         tokens *= (request.height // SPATIAL_STRIDE // 2) * (request.width // SPATIAL_STRIDE // 2)
-        offload = self._resolve_offload(dit_cfg, tokens)
+        offload = self._resolve_offload(dit_cfg, tokens, paths["dit"])
         seed = resolve_seed(request.seed)
         negative = request.negative_prompt or DEFAULT_NEGATIVE_PROMPTS[request.task]
         req = replace(request, seed=seed, negative_prompt=negative, device=str(self.device), dtype=self.dtype)
