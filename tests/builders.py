@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from wan_cli.engine.layouts import dit_key_to_diffusers, vae_key_to_diffusers
-from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer, init_random_
+from wan_cli.engine.prepare import init_random_
+from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer
 from wan_cli.engine.vae import WanVAE, WanVAEConfig
 
 COMFY_PREFIX = "model.diffusion_model."

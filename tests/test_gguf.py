@@ -1,4 +1,4 @@
-"""GGUF files (engine/gguf.py) and GGUF weight storage in the DiT (transformer.Linear.store_quantized).
+"""GGUF files (engine/gguf.py) and GGUF weight storage in the DiT (layers.Linear.store_quantized).
 
 The reference for every value is gguf-py's numpy dequantisation (``gguf.quants.dequantize``) of what gguf-py's own
 writer put in the file. The torch kernels do the same fp32 operations in the same order, so they must agree exactly
@@ -33,17 +33,11 @@ from gguf_builders import (
 from wan_cli.engine.checkpoints import detect_kind, infer_dit_config
 from wan_cli.engine.errors import CheckpointError
 from wan_cli.engine.gguf import GGUFSource, is_gguf
+from wan_cli.engine.layers import Linear
 from wan_cli.engine.memory import stream_blocks
+from wan_cli.engine.prepare import FP8_KEYS, fuse_qkv_, quantize_fp8_, weight_bytes
 from wan_cli.engine.quant import BLOCKS, QuantizedTensor
-from wan_cli.engine.transformer import (
-    FP8_KEYS,
-    Linear,
-    WanModel,
-    build_transformer,
-    fuse_qkv_,
-    quantize_fp8_,
-    weight_bytes,
-)
+from wan_cli.engine.transformer import WanModel, build_transformer
 
 FP32_TOL = 1e-5
 

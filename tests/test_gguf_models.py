@@ -24,7 +24,9 @@ from typer.testing import CliRunner
 
 from wan_cli.cli.app import app
 from wan_cli.engine import inspect_checkpoint, load_text_encoder, load_transformer
-from wan_cli.engine.transformer import FP8_KEYS, Linear, build_transformer
+from wan_cli.engine.layers import Linear
+from wan_cli.engine.prepare import FP8_KEYS
+from wan_cli.engine.transformer import build_transformer
 
 runner = CliRunner()
 
@@ -123,7 +125,7 @@ def test_the_memory_estimate_of_a_gguf_dit_is_what_it_holds(tmp: Path) -> None:
     """`--offload auto` sizes a GGUF DiT by its stored blocks (not as bf16): the estimate from the headers equals
     the bytes of the loaded model's parameters."""
     from wan_cli.engine.checkpoints import gguf_dit_bytes
-    from wan_cli.engine.transformer import dit_weight_bytes
+    from wan_cli.engine.prepare import dit_weight_bytes
 
     cfg = tiny_dit_config("t2v")
     path, _, _ = write_city96_dit(random_dit(cfg), tmp / "dit.gguf", "Q4_K", mix=True)

@@ -24,21 +24,12 @@ from builders import (
 )
 
 from wan_cli.engine.checkpoints import load_transformer
+from wan_cli.engine.layers import Linear
 from wan_cli.engine.memory import BlockStreamer, choose_offload, movable
 from wan_cli.engine.ops import FP8
 from wan_cli.engine.pipeline import GenerationRequest, Pipeline
-from wan_cli.engine.transformer import (
-    DIT_CONFIGS,
-    FP8_KEYS,
-    Linear,
-    WanModel,
-    build_transformer,
-    dit_weight_bytes,
-    fuse_qkv_,
-    quantize_fp8_,
-    set_fp8_matmul,
-    weight_bytes,
-)
+from wan_cli.engine.prepare import FP8_KEYS, dit_weight_bytes, fuse_qkv_, quantize_fp8_, set_fp8_matmul, weight_bytes
+from wan_cli.engine.transformer import DIT_CONFIGS, WanModel, build_transformer
 
 FP32_TOL = 1e-5
 FP8_TOL = 3e-2  # fp8 e4m3 keeps 3 mantissa bits: ~2% per weight, averaged down through the matmuls

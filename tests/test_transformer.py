@@ -22,7 +22,8 @@ from wan_cli.engine.ops import (
     set_attention_backend,
     sinusoidal_embedding_1d,
 )
-from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer, init_random_
+from wan_cli.engine.prepare import init_random_
+from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer
 
 FP32_TOL = 1e-5
 
@@ -248,7 +249,7 @@ def test_compiled_blocks_match_eager() -> None:
     import torch._dynamo
 
     from wan_cli.engine.memory import BlockStreamer
-    from wan_cli.engine.transformer import compile_blocks
+    from wan_cli.engine.prepare import compile_blocks
 
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

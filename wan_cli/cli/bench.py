@@ -90,7 +90,8 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
     from ..engine.errors import InputError
     from ..engine.memory import OFFLOAD_MODES, choose_offload
     from ..engine.ops import set_attention_backend
-    from ..engine.transformer import DIT_CONFIGS, dit_weight_bytes
+    from ..engine.prepare import dit_weight_bytes
+    from ..engine.transformer import DIT_CONFIGS
     from ..presets import Values, load_preset
     from ..registry import get
     from .generate import pick_device

@@ -22,17 +22,8 @@ import torch
 from .conditioning import TextEncoder
 from .memory import BlockStreamer, Offload
 from .ops import quantize_fp8
-from .transformer import (
-    DIT_CONFIGS,
-    FP8_KEYS,
-    WanDiTConfig,
-    WanModel,
-    build_transformer,
-    compile_blocks,
-    fuse_qkv_,
-    set_fp8_matmul,
-    store_fp8_weights,
-)
+from .prepare import FP8_KEYS, compile_blocks, fuse_qkv_, set_fp8_matmul, store_fp8_weights
+from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
 
 TEXT_TOKENS = 512  # the DiT always sees 512 text positions (zero-padded)

@@ -18,6 +18,7 @@ import torch
 
 from .errors import CheckpointError
 from .gguf import GGUFSource
+from .layers import Linear
 from .layouts import (
     COMPONENT_FILES,
     SCALE_SUFFIX,
@@ -29,19 +30,10 @@ from .layouts import (
     wrong_kind,
 )
 from .ops import FP8, quantize_fp8
+from .prepare import FP8_KEYS, store_fp8_weights
 from .quant import QuantizedTensor
 from .tensors import Source, open_source, resolve_files
-from .transformer import (
-    DIT_CONFIGS,
-    FP8_KEYS,
-    Linear,
-    ModelType,
-    WanDiTConfig,
-    WanModel,
-    a_model,
-    build_transformer,
-    store_fp8_weights,
-)
+from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
 from .vae import WanVAE, WanVAEConfig, build_vae
 
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)

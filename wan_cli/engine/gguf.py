@@ -11,7 +11,7 @@ Facts (``checkpoint-formats.md`` §8; city96/ComfyUI-GGUF ``tools/convert.py``, 
 - A tensor reshaped to 256-wide rows before quantisation records its real shape in ``comfy.gguf.orig_shape.<name>``.
 
 Quantised tensors come out as their raw blocks (:class:`quant.QuantizedTensor`), dequantised in torch by ``quant.py``
-when a layer runs (``transformer.Linear.store_quantized``) or, for the rest, at load.
+when a layer runs (``layers.Linear.store_quantized``) or, for the rest, at load.
 """
 
 from __future__ import annotations

@@ -29,8 +29,9 @@ from .checkpoints import gguf_dit_bytes, load_transformer, load_vae, peek_transf
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
 from .memory import BlockStreamer, Offload, choose_offload, move_except, stream_blocks
+from .prepare import compile_blocks, dit_weight_bytes, fuse_qkv_, set_fp8_matmul
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
-from .transformer import WanModel, a_model, compile_blocks, dit_weight_bytes, fuse_qkv_, set_fp8_matmul
+from .transformer import WanModel, a_model
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE, check_frame_count
 
 log = logging.getLogger(__name__)
@@ -337,7 +338,7 @@ class Pipeline:
                  policy: MemoryPolicy | None = None, offload: Offload | None = None, fp8: bool = False,
                  fp8_matmul: bool = False, compile: bool = False) -> None:  # fmt: skip
         self.device = torch.device(device)
-        self.compile = compile  # torch.compile the DiT blocks (transformer.compile_blocks)
+        self.compile = compile  # torch.compile the DiT blocks (prepare.compile_blocks)
         self.dtype = dtype or default_dtype(self.device)
         self.fp8, self.fp8_matmul = fp8 or fp8_matmul, fp8_matmul
         self.offload: Offload | None = offload if offload is not None or self.device.type != "cpu" else "none"

@@ -13,7 +13,6 @@ Notable points, all from the official model (``wan21-architecture.md`` §2):
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -22,17 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
-from .ops import (
-    FP8,
-    apply_rope,
-    attention,
-    fp8_linear,
-    quantize_fp8,
-    rms_normalize,
-    rope_cos_sin,
-    sinusoidal_embedding_1d,
-)
-from .quant import QuantizedTensor, dequantize
+from .layers import Conv3d, LayerNorm, Linear, RMSNorm
+from .ops import apply_rope, attention, rope_cos_sin, sinusoidal_embedding_1d
 
 ModelType = Literal["t2v", "i2v", "flf2v"]
 CLIP_TOKENS = 257  # ViT-H/14 at 224 px: 16×16 patches + CLS
@@ -106,100 +96,6 @@ DIT_CONFIGS: dict[str, WanDiTConfig] = {
     "i2v-14B": WanDiTConfig("i2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
     "flf2v-14B": WanDiTConfig("flf2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
 }
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Layers that carry the precision rules
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class Linear(nn.Linear):
-    """A Linear that runs in its weight's dtype, whatever dtype the input arrives in.
-
-    fp8 storage (:func:`store_fp8`): ``weight`` holds float8_e4m3fn values and ``weight_scale`` (a buffer, not in
-    the state dict) their per-tensor scale; the layer then computes in ``compute_dtype`` (see ``ops.fp8_linear``).
-
-    GGUF storage (:func:`store_quantized`): ``weight`` holds the file's raw blocks (uint8, still a Parameter, so
-    ``.to()``, offloading and block streaming move it like any weight) and ``weight_qtype`` names their type; each
-    call dequantises the weight for that call only, in ``compute_dtype``, on the weight's device.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight_scale", None, persistent=False)
-        self._compute_dtype: torch.dtype | None = None
-        self.fp8_matmul = False  # fp8 × fp8 products with torch._scaled_mm (CUDA, sm_89+)
-        self.weight_qtype: str | None = None  # GGUF block type of ``weight`` ("Q4_K", …); None for float weights
-
-    @property
-    def compute_dtype(self) -> torch.dtype:
-        return self._compute_dtype or self.weight.dtype
-
-    def store_fp8(self, q: torch.Tensor, scale: torch.Tensor, compute_dtype: torch.dtype) -> None:
-        """Keep the weight as fp8 ``q`` with ``scale`` (W = q · scale); compute in ``compute_dtype``."""
-        if q.dtype != FP8 or q.shape != self.weight.shape:
-            raise ValueError(f"expected a {FP8} tensor of shape {tuple(self.weight.shape)}")
-        self.weight = nn.Parameter(q, requires_grad=False)
-        self.weight_scale = scale.reshape(()).float().to(q.device)
-        self.weight_qtype = None
-        self._compute_dtype = compute_dtype
-        if self.bias is not None:
-            self.bias.data = self.bias.data.to(compute_dtype)
-
-    def store_quantized(self, qt: QuantizedTensor, compute_dtype: torch.dtype) -> None:
-        """Keep the weight as GGUF blocks ``qt`` (shape [out, in]); compute in ``compute_dtype``. The bias (already
-        loaded) moves to ``compute_dtype``. The state dict then holds the blocks, not a float weight."""
-        if qt.shape != (self.out_features, self.in_features):
-            raise ValueError(f"expected a quantized weight of shape {(self.out_features, self.in_features)}, "
-                             f"got {qt.shape}")  # fmt: skip
-        self.weight = nn.Parameter(qt.data, requires_grad=False)
-        self._buffers["weight_scale"] = None  # no fp8 scale (in case the layer held fp8 before)
-        self.weight_qtype = qt.qtype
-        self._compute_dtype = compute_dtype
-        if self.bias is not None:
-            self.bias.data = self.bias.data.to(compute_dtype)
-
-    @property
-    def plain(self) -> bool:
-        """Whether the weight is an ordinary float tensor (neither fp8 nor GGUF blocks)."""
-        return self.weight_scale is None and self.weight_qtype is None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_qtype is not None:
-            cdt = self.compute_dtype
-            w = dequantize(self.weight, self.weight_qtype, (self.out_features, self.in_features), cdt)  # [out, in]
-            return F.linear(x.to(cdt), w, self.bias)
-        if self.weight_scale is None:
-            return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
-        return fp8_linear(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias, self.fp8_matmul)
-
-
-class Conv3d(nn.Conv3d):
-    """A Conv3d that runs in its weight's dtype."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype))
-
-
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 and returned in the input's dtype (official ``WanLayerNorm``)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).type_as(x)
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm over the full width (not per head): normalised in fp32, cast back, times an fp32 weight."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_normalize(x, self.eps) * self.weight  # bf16 · fp32 → fp32, as in the official code
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -480,100 +376,3 @@ def build_transformer(cfg: WanDiTConfig, *, device: str | torch.device = "meta")
     """An unloaded model (meta device by default: no memory, ready for ``load_state_dict(assign=True)``)."""
     with torch.device(device):
         return WanModel(cfg)
-
-
-# The matmul weights of the blocks: what fp8 storage quantises (ComfyUI's fp8 files quantise the same set and keep
-# embeddings, norms, modulation and head in 16/32 bit).
-FP8_KEYS = re.compile(r"^blocks\.\d+\.((self_attn|cross_attn)\.(q|k|v|o|k_img|v_img)|ffn\.(0|2))\.weight$")
-
-
-def quantize_fp8_(model: WanModel, compute_dtype: torch.dtype, *, fp8_matmul: bool = False) -> WanModel:
-    """Store the blocks' matmul weights (``FP8_KEYS``) as per-tensor scaled float8_e4m3fn, in place: half the
-    memory of bf16 for the blocks (T2V-14B: 29.0 → 14.9 GB); biases move to ``compute_dtype``."""
-    for name, module in model.named_modules():
-        if isinstance(module, Linear) and FP8_KEYS.match(name + ".weight") and module.plain:
-            q, scale = quantize_fp8(module.weight)
-            module.store_fp8(q, scale, compute_dtype)
-            module.fp8_matmul = fp8_matmul
-    return model
-
-
-def store_fp8_weights(model: WanModel, scales: dict[str, torch.Tensor], compute_dtype: torch.dtype) -> None:
-    """After ``load_state_dict(assign=True)`` put fp8 values in ``FP8_KEYS`` parameters: give each its scale."""
-    for key, scale in scales.items():
-        layer = model.get_submodule(key.removesuffix(".weight"))
-        assert isinstance(layer, Linear)
-        layer.store_fp8(layer.weight.data, scale.to(layer.weight.device), compute_dtype)
-
-
-def fuse_qkv_(model: WanModel) -> WanModel:
-    """One q/k/v GEMM per self-attention (``WanSelfAttention.fuse_qkv``), in place; fp8 and GGUF-quantised layers are
-    left as they are (each has its own scale or block type). For a model that stays where it is: not with block
-    streaming or offloading."""
-    for module in model.modules():
-        plain = type(module) is WanSelfAttention and all(lin.plain for lin in (module.q, module.k, module.v))
-        if plain and module.qkv_weight is None:
-            module.fuse_qkv()
-    return model
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by the parameters and buffers (as stored: fp8, bf16 or fp32); shared storage counted once."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in (*model.parameters(),
-                                                                                       *model.buffers())}  # fmt: skip
-    return sum(storages.values())
-
-
-def dit_weight_bytes(cfg: WanDiTConfig, bytes_per_weight: int, *, fp8: bool = False) -> int:
-    """Bytes of a DiT's weights as loaded: the fp32 parameters at 4 bytes, the fp8 ones (``fp8``) at 1, the rest at
-    ``bytes_per_weight`` (2 for bf16). Counted on the meta device: nothing is allocated."""
-    total = 0
-    for name, p in build_transformer(cfg).named_parameters():
-        size = 4 if WanModel.keeps_fp32(name) else 1 if fp8 and FP8_KEYS.match(name) else bytes_per_weight
-        total += p.numel() * size
-    return total
-
-
-def set_fp8_matmul(model: WanModel, enabled: bool) -> None:
-    for module in model.modules():
-        if isinstance(module, Linear) and module.weight_scale is not None:
-            module.fp8_matmul = enabled
-
-
-def compile_blocks(model: WanModel) -> WanModel:
-    """``torch.compile`` every attention block in place. The blocks share their code and (with parameters as graph
-    inputs) one compiled graph, so the cost is one compilation (~20 s on an H200), after which the fp32 elementwise
-    work around the matmuls (modulation, norms, RoPE, casts, residuals) runs fused: a T2V-1.3B 480p step went from
-    1.42 s to 1.05 s on an H200 (docs/performance.md). Numerics stay within bf16 rounding of the eager model."""
-    for block in model.blocks:
-        # forward, not the whole call (Module.compile): hooks (block streaming) then stay outside the graph
-        block.forward = torch.compile(block.forward)
-    return model
-
-
-def init_random_(model: WanModel, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> WanModel:
-    """Fill a (meta or real) model with the official initialisation scheme on the CPU; for tests and benchmarks.
-
-    xavier-uniform Linears with zero bias, normal(0.02) text/time embeddings, modulation ~ randn/sqrt(D). Unlike the
-    official init the head weight is random (not zero) so that the output depends on every block.
-    """
-    g = torch.Generator("cpu").manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    dim = model.config.dim
-    for name, p in model.named_parameters():
-        shape = tuple(p.shape)
-        if name.endswith("modulation"):
-            t = torch.randn(shape, generator=g) / dim**0.5
-        elif name.endswith("bias"):
-            t = torch.randn(shape, generator=g) * 0.02
-        elif "norm" in name.rsplit(".", 2)[-2] or name.startswith("img_emb.proj.0") or ".proj.4." in name:
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)  # norm gains near 1
-        elif name.startswith(("text_embedding", "time_embedding")) or name == "img_emb.emb_pos":
-            t = torch.randn(shape, generator=g) * 0.02
-        else:
-            fan_out, fan_in = shape[0], math.prod(shape[1:])
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            t = (torch.rand(shape, generator=g) * 2 - 1) * bound
-        state[name] = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
