@@ -191,7 +191,8 @@ def pick_device(name: str) -> str:
 
 
 def plan(item: Item, run: Run) -> Job:
-    from ..engine.pipeline import GenerationRequest, load_image, resolve_seed, validate
+    from ..engine.images import load_image
+    from ..engine.pipeline import GenerationRequest, resolve_seed, validate
     from ..hub import resolve_model
 
     if item.error is not None:

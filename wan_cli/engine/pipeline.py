@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from .checkpoints import gguf_dit_bytes, load_transformer, load_vae, peek_transformer_config
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
+from .images import load_image
 from .memory import BlockStreamer, Offload, choose_offload, move_except, stream_blocks
 from .prepare import compile_blocks, dit_weight_bytes, fuse_qkv_, set_fp8_matmul
 from .schedulers import SOLVERS, Solver, make_schedule, new_state, step
@@ -163,28 +164,6 @@ def i2v_size(image_hw: tuple[int, int], max_area: int) -> tuple[int, int]:
     if lat_h < 2 or lat_w < 2:
         raise InputError(f"an image of {w}x{h} gives an empty video at area {max_area}", hint="use a larger size")
     return lat_h * SPATIAL_STRIDE, lat_w * SPATIAL_STRIDE
-
-
-def load_image(image: str | Path | torch.Tensor) -> torch.Tensor:
-    """An RGB image as [3, H, W] float32 in [-1, 1] (PIL → uint8/255 → (x − 0.5)/0.5, as the official code)."""
-    if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise InputError(f"an image tensor must be [3, H, W], got {tuple(image.shape)}")
-        return image.float()
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(image).expanduser()
-    try:
-        with Image.open(path) as im:
-            if getattr(im, "n_frames", 1) > 1:
-                raise InputError(f"{path} is animated ({im.n_frames} frames)", hint="pass a single still image")
-            rgb = im.convert("RGB")
-    except FileNotFoundError as exc:
-        raise InputError(f"{path} does not exist", hint="check the image path") from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{path} is not a readable image", hint="use a PNG, JPEG or WebP file") from exc
-    t = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-    return (t - 0.5) / 0.5
 
 
 def _center_crop_like_torchvision(img: torch.Tensor, crop_h: int, crop_w: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """GGUF quantised weights as torch tensors: ggml's block layouts and their dequantisation, on any device.
 
 A quantised weight stays as its raw blocks (:class:`QuantizedTensor`, uint8 in the file's byte layout) and is
-dequantised when its layer runs (``layers.Linear.store_quantized``), so a Q4 14B DiT holds about a third of its bf16 size.
+dequantised when its layer runs (``layers.Linear.store_quantized``): a Q4 14B DiT holds a third of its bf16 size.
 The layouts are ggml's (``ggml-common.h``); ``gguf.quants.dequantize`` (numpy) is the reference the tests compare
 against. Reading the files is ``gguf.py``'s job: this module is numerics only (the networks import it).
 """
