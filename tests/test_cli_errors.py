@@ -245,7 +245,7 @@ def test_ctrl_c_while_writing_leaves_nothing(model: Path, tmp: Path, monkeypatch
     out = tmp / "x.mp4"
     result = runner.invoke(app, ["t2v", "x", "-m", str(model), "--size", "64x32", "--frames", "9", "--steps", "1",
                                  "-o", str(out)])  # fmt: skip
-    assert result.exit_code == 1 and "Aborted!" in result.stderr and result.stdout == ""
+    assert result.exit_code == 130 and "Error: interrupted" in result.stderr and result.stdout == ""
     assert files_in(tmp) == set()  # no video, no temp file, no sidecar
 
 

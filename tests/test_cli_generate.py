@@ -163,9 +163,9 @@ def test_precedence_defaults_preset_env_flag(models: dict[str, object], tmp: Pat
 def test_batch_from_a_file_loads_once_and_reports_bad_lines(models: dict[str, object], tmp: Path) -> None:
     prompts = tmp / "prompts.jsonl"
     prompts.write_text(
-        "a cat on a sofa\n"
+        '{"prompt": "a cat on a sofa"}\n'
         "# a comment, skipped\n"
-        '{"prompt": "a boat", "seed": 3, "output": "' + str(tmp / "out" / "boat.mp4") + '"}\n'
+        '{"prompt": "a boat", "seed": 3, "output": "boat.mp4"}\n'
         "{not json\n"
         '{"prompt": "a fish", "frames": 9, "stepz": 2}\n'
         '{"prompt": "a bird", "seed": 4, "frames": 9}\n'

@@ -275,7 +275,7 @@ def test_ctrl_c_leaves_no_partial_file(fake_hub: FakeHub, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(fd, "http_get", interrupted)
     result = wan("download", "1.3b-t2v")
-    assert result.exit_code == 1 and "Aborted!" in err(result) and result.stdout == ""
+    assert result.exit_code == 130 and "Error: interrupted" in err(result) and result.stdout == ""
     dit_blob = sha256(fake_hub.repos[0].files[DIT])
     names = [p.name for p in blobs(COMFY)]
     assert dit_blob not in names

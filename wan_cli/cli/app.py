@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from typing import Annotated
 
 import typer
 
 from .. import __version__
 from . import bench, generate, info, models, vae
+from .errors import EXIT_SIGNAL
 from .output import emit_line
 
 app = typer.Typer(
@@ -54,7 +58,13 @@ app.command("env")(info.env)
 
 
 def main() -> None:
-    from ..engine.memory import tune_host_allocator
-
-    tune_host_allocator()  # streaming loops keep a flat RSS (see engine/memory.py)
-    app()
+    try:
+        app()  # nothing is imported or tuned before parsing: `wan --help` imports no torch
+    except SystemExit as exc:
+        if exc.code in (EXIT_SIGNAL + signal.SIGINT, EXIT_SIGNAL + signal.SIGTERM, EXIT_SIGNAL + signal.SIGHUP):
+            # Interrupted and cleaned up. Exit with exactly that code: a KeyboardInterrupt that passed through C code
+            # (an import, a library's PyRun call) leaves CPython set to re-kill itself with SIGINT at exit (-2).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(exc.code))
+        raise

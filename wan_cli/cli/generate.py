@@ -13,26 +13,29 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from .. import __version__
-from ..engine.errors import InputError, WanError
+from ..engine.errors import InputError, Interrupted, WanError
 from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve
 from .errors import UsageError, debug_enabled, report, run_guarded
 from .items import Item, read_prompts_file, stdin_prompt
 from .options import Options, flag_values, refuse_peer_options, vae_tiling, with_common_options
 from .output import Progress, emit_json, emit_line, stderr
+from .outputs import Outputs, batch_folder, check_not_inputs, check_writable, inside, target
 
 if TYPE_CHECKING:
     from ..engine import Component
     from ..engine.pipeline import GenerationRequest, GenerationResult, Pipeline
     from ..hub import ModelFiles
 
+T = TypeVar("T")
 # The model each command uses when neither -m, WAN_MODEL nor a preset names one.
 DEFAULT_MODEL = {"t2v": "1.3b-t2v", "i2v": "14b-i2v-480p", "flf2v": "14b-flf2v-720p"}
 OFFLOAD = ("auto", "none", "model", "blocks")
@@ -56,6 +59,20 @@ class Run:
     last_frame: str | None = None
     batch: bool = False
     pipelines: dict[tuple[str, str, bool], Pipeline] = field(default_factory=dict)
+    _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def memo(self, key: tuple[Any, ...], fn: Callable[[], T]) -> T:
+        """``fn()`` once per key for the whole run (its result, or the error it raised): planning 10,000 items must
+        not re-read the same headers, presets and images 10,000 times."""
+        if key not in self._memo:
+            try:
+                self._memo[key] = (True, fn())
+            except WanError as exc:
+                self._memo[key] = (False, exc)
+        ok, value = self._memo[key]
+        if not ok:
+            raise value
+        return value
 
 
 @dataclass
@@ -79,43 +96,6 @@ def slugify(text: str, limit: int = 48) -> str:
             break
         slug = f"{slug}-{w}" if slug else w
     return slug or (words[0][:limit] if words else "video")
-
-
-def _target(template: str | None, default_name: str, fields: dict[str, object], suffix: str, flag: str) -> Path:
-    if template is None:
-        return Path(default_name)
-    text = template
-    if "{" in template:
-        try:
-            text = template.format(**fields)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UsageError(f"bad placeholder in {flag} {template!r} ({exc})",
-                             hint="use {index}, {seed}, {slug} or {task}") from None  # fmt: skip
-    path = Path(text).expanduser()
-    if path.is_dir() or text.endswith(("/", os.sep)):
-        return path / default_name
-    if path.suffix == "":
-        return path.with_suffix(suffix)
-    if path.suffix.lower() != suffix:
-        raise UsageError(f"{flag} {template!r} must end in {suffix}", hint=f"e.g. {path.with_suffix(suffix).name}")
-    return path
-
-
-def check_writable(paths: list[Path], force: bool) -> None:
-    """Refuse to clobber (without --force) and fail early on a folder that cannot hold the files."""
-    for path in paths:
-        if path.exists() and not force:
-            raise InputError(f"{path} already exists", hint="pass --force to overwrite it, or choose another -o")
-        if path.is_dir():
-            raise InputError(f"{path} is a folder", hint="give a file name")
-        parent = path.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create the folder {parent}: {exc.strerror}",
-                             hint="choose an output path in a writable folder") from None  # fmt: skip
-        if not os.access(parent, os.W_OK):
-            raise InputError(f"the folder {parent} is not writable", hint="choose an output path in a writable folder")
 
 
 def _variant_name(spec: str) -> str | None:
@@ -190,6 +170,16 @@ def pick_device(name: str) -> str:
     return name
 
 
+def check_text(text: str, where: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate from a JSON escape) fails now, not after generation."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where + ': ' if where else ''}the prompt has a character that is not valid text "
+                         f"({text[exc.start]!a} at position {exc.start}, a lone surrogate)",
+                         hint="fix the text (in JSON, \\ud800-\\udfff escapes come in pairs)") from None  # fmt: skip
+
+
 def plan(item: Item, run: Run) -> Job:
     from ..engine.images import load_image
     from ..engine.pipeline import GenerationRequest, resolve_seed, validate
@@ -212,7 +202,7 @@ def plan(item: Item, run: Run) -> Job:
         preset_name, preset_values = run.preset
     else:
         size = item.values.size or run.flags.size
-        found = auto_preset(spec or DEFAULT_MODEL[task], task, size)
+        found = run.memo(("preset", spec, task, size), lambda: auto_preset(spec or DEFAULT_MODEL[task], task, size))
         preset_name, preset_values = found if found is not None else (None, Values())
     if preset_values.task not in (None, task):
         raise InputError(f"preset {preset_name} is for {preset_values.task}, not {task}",
@@ -233,17 +223,21 @@ def plan(item: Item, run: Run) -> Job:
             extra = " --last-frame LAST" if variant_task == "flf2v" else ""
             raise InputError(f"{variant.name} is {a_model(variant_task)}; this run is {task}",
                              hint=f"use `wan {cmd} …{extra}` with it, or -m {DEFAULT_MODEL[task]}")  # fmt: skip
-    files = resolve_model(spec)
+    files = run.memo(("model", spec), lambda: resolve_model(spec))
     found_notes: list[str] = []
     if files.source == "local":
-        files, found_notes = _beside_in_comfy_tree(files, task, opts)
+        local = files
+        files, found_notes = run.memo(("beside", spec, task), lambda: _beside_in_comfy_tree(local, task, opts))
+        found_notes = list(found_notes)
 
     seed = resolve_seed(settings.seed)
     slug = slugify(item.prompt)
     fields: dict[str, object] = {"index": item.index, "seed": seed, "slug": slug, "task": task}
-    output = _target(item.output or opts.output, f"{slug}-{seed}.mp4", fields, ".mp4", "-o")
-    latents_spec = item.save_latents or opts.save_latents
-    latents = (_target(latents_spec, f"{slug}-{seed}.safetensors", fields, ".safetensors", "--save-latents")
+    own = inside(batch_folder(opts.output), item.output, item.where) if item.output else None
+    output = target(own or opts.output, f"{slug}-{seed}.mp4", fields, ".mp4", "-o")
+    latents_spec = (inside(batch_folder(opts.save_latents), item.save_latents, item.where) if item.save_latents
+                    else opts.save_latents)  # fmt: skip
+    latents = (target(latents_spec, f"{slug}-{seed}.safetensors", fields, ".safetensors", "--save-latents")
                if latents_spec else None)  # fmt: skip
     sidecar = output.with_suffix(".json")
 
@@ -257,7 +251,8 @@ def plan(item: Item, run: Run) -> Job:
         guidance=settings.guidance, shift=settings.shift, solver=settings.solver, seed=seed,
         dit=files.dit, vae=opts.vae or files.vae, text_encoder=opts.text_encoder or files.text_encoder,
         tokenizer=opts.tokenizer or files.tokenizer, image_encoder=opts.image_encoder or files.image_encoder,
-        device=pick_device(settings.device), dtype=dtypes.get(settings.dtype), tiling=vae_tiling(opts.vae_tile),
+        device=run.memo(("device", settings.device), lambda: pick_device(settings.device)),
+        dtype=dtypes.get(settings.dtype), tiling=vae_tiling(opts.vae_tile),
     )  # fmt: skip
     validate(request)
     if files.root is None:  # split files (ComfyUI): every component needs its own path
@@ -268,9 +263,14 @@ def plan(item: Item, run: Run) -> Job:
             raise InputError(f"{spec} holds only the diffusion model; no {', '.join(missing)} given",
                              hint=f"pass {flags}, or a whole model folder")  # fmt: skip
     for img in (image, last):
-        if img is not None:
-            load_image(img)  # a missing, unreadable or animated image fails here, before any model is loaded
-    check_writable([p for p in (output, sidecar, latents) if p is not None], opts.force)
+        if img is not None:  # a missing, unreadable or animated image fails here, before any model is loaded
+            run.memo(("image", str(img)), lambda img=img: load_image(img).shape)  # type: ignore[misc]
+    for text in (item.prompt, settings.negative_prompt or ""):
+        check_text(text, item.where)
+    writes = [p for p in (output, sidecar, latents) if p is not None]
+    check_writable(writes, opts.force)
+    check_not_inputs(writes, [image, last, opts.prompts, *files.components.values(), request.vae,
+                              request.text_encoder, request.image_encoder])  # fmt: skip
     notes = found_notes
     if variant is not None and (settings.width, settings.height) not in variant.sizes:
         trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
@@ -356,31 +356,37 @@ def pipeline_for(run: Run, job: Job) -> Pipeline:
 
 
 def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
+    """Generate one video and write its files: all of them (MP4, sidecar, latents) or, on any failure or signal,
+    none — and the folders made for them are removed again (``outputs.Outputs``)."""
     from ..engine.video import VideoWriter
 
     t_start = time.perf_counter()
-    ui.phase("load + encode")
-    result = pipeline_for(run, job).generate(job.request, progress=ui.update)
-    req = result.request
-    timings = dict(result.timings)
-    record = settings_record(job, result, timings)
-    if job.latents is not None:
-        from ..engine.latents import save_latents
-
-        save_latents(job.latents, result.latents, fps=job.settings.fps, source=req.task, model=str(job.settings.model),
-                     record=record, force=run.opts.force)  # fmt: skip
-    ui.phase("decode + write", total=req.frames)
-    t0 = time.perf_counter()
-    with VideoWriter(job.output, req.width, req.height, job.settings.fps, force=run.opts.force,
-                     metadata=record) as writer:  # fmt: skip
-        for chunk in result.frames():
-            writer.write(chunk)
-            ui.update("decode + write", writer.frames_written, req.frames)
-        timings["decode_write_s"] = time.perf_counter() - t0
-        timings["total_s"] = time.perf_counter() - t_start
+    finals = [p for p in (job.output, job.sidecar, job.latents) if p is not None]
+    with Outputs(finals, force=run.opts.force) as out:
+        ui.phase("load + encode")
+        result = pipeline_for(run, job).generate(job.request, progress=ui.update)
+        req = result.request
+        timings = dict(result.timings)
         record = settings_record(job, result, timings)
-        writer.set_metadata(record)
-    write_json_atomic(job.sidecar, record)
+        if job.latents is not None:
+            from ..engine.latents import save_latents
+
+            save_latents(out.staged(job.latents), result.latents, fps=job.settings.fps, source=req.task,
+                         model=str(job.settings.model), record=record, force=True)  # fmt: skip
+        ui.phase("decode + write", total=req.frames)
+        t0, loaded = time.perf_counter(), timings["load_s"]
+        with VideoWriter(out.staged(job.output), req.width, req.height, job.settings.fps, force=True,
+                         metadata=record) as writer:  # fmt: skip
+            for chunk in result.frames():
+                writer.write(chunk)
+                ui.update("decode + write", writer.frames_written, req.frames)
+            timings["load_s"] = result.timings["load_s"]  # now with the VAE's, read for decoding
+            timings["decode_write_s"] = time.perf_counter() - t0 - (timings["load_s"] - loaded)
+            timings["total_s"] = time.perf_counter() - t_start
+            record = settings_record(job, result, timings)
+            writer.set_metadata(record)
+        write_json_atomic(out.staged(job.sidecar), record)
+        out.commit()
     return record
 
 
@@ -391,20 +397,48 @@ def _describe(job: Job) -> str:
             f"seed {r.seed} → {job.output}")  # fmt: skip
 
 
+def plan_all(run: Run, items: list[Item]) -> tuple[list[Job], int]:
+    """Plan every item before any generation: a bad item is reported (with its line) and skipped; two items that
+    would write the same file are refused. → (jobs, number of items refused)."""
+    jobs: list[Job] = []
+    claimed: dict[Path, str] = {}  # a file some item writes → that item
+    failures = 0
+    for item in items:
+        try:
+            job = plan(item, run)
+            writes = [p.resolve() for p in (job.output, job.sidecar, job.latents) if p is not None]
+            clash = next((p for p in writes if p in claimed), None)
+            if clash is not None:
+                raise InputError(f"{item.where}: writes {clash}, as {claimed[clash]} does",
+                                 hint="give each line its own output (or use {index} in -o)")  # fmt: skip
+            claimed.update(dict.fromkeys(writes, item.where or "another item"))
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as exc:
+            if not run.batch or debug_enabled():
+                raise
+            failures += 1
+            report(exc, stderr, prefix=f"{item.where}: " if not str(exc).startswith(item.where) else "")
+            continue
+        jobs.append(job)
+    return jobs, failures
+
+
 def run_items(run: Run, items: list[Item]) -> None:
     opts = run.opts
     human = not (opts.json_out or opts.quiet)
-    failures = written = 0
+    jobs, failures = plan_all(run, items)
+    written = 0
     with Progress(enabled=human and stderr.is_terminal) as ui:
-        for item in items:
+        for job in jobs:
+            item = job.item
             try:
-                job = plan(item, run)
                 if human:
                     stderr.print(f"{item.where + ': ' if run.batch else ''}{_describe(job)}", markup=False)
                     for note in job.notes:
                         stderr.print(note, markup=False)
                 record = produce(job, run, ui)
-            except KeyboardInterrupt:
+            except (KeyboardInterrupt, Interrupted):
                 raise
             except Exception as exc:
                 if not run.batch or debug_enabled():
@@ -450,7 +484,14 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
                                                                  or Path(opts.output).is_dir()):  # fmt: skip
         raise UsageError(f"-o {opts.output!r} names one file, but a batch writes several",
                          hint="give a folder (-o out/) or a template (-o out/{index}-{seed}.mp4)")  # fmt: skip
+    if batch:  # a problem shared by every item is reported once, before any item is planned
+        for spec, suffix in ((opts.output, ".mp4"), (opts.save_latents, ".safetensors")):
+            if spec is not None:
+                check_writable([batch_folder(spec) / f"probe{suffix}"], force=True)
     run = Run(command, opts, flags, env, preset, image=image, last_frame=last_frame, batch=batch)
+    from ..engine import tune_host_allocator
+
+    tune_host_allocator()  # streaming loops keep a flat RSS (engine/memory.py)
     run_items(run, items)
 
 

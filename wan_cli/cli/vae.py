@@ -20,6 +20,7 @@ from ..presets import Values, env_values
 from .errors import UsageError, run_guarded
 from .options import HELP, vae_tiling
 from .output import Progress, emit_json, emit_line, stderr
+from .outputs import Outputs, check_not_inputs, check_writable
 
 if TYPE_CHECKING:
     from ..engine.vae import WanVAE
@@ -47,6 +48,10 @@ def _load_vae(model: str | None, vae: Path | None, device: str | None,
               dtype: str | None = None) -> tuple[WanVAE, str, str, str]:  # fmt: skip
     """The VAE on the chosen device in the chosen dtype → (vae, weights path, model label, dtype name)."""
     import torch
+
+    from ..engine import tune_host_allocator
+
+    tune_host_allocator()  # the streaming loops keep a flat RSS (engine/memory.py)
 
     from ..engine.checkpoints import load_vae
     from ..hub import resolve_model
@@ -143,7 +148,7 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
             vae_tile: int | None = None, dtype: str | None = None) -> None:  # fmt: skip
     from ..engine.latents import LatentsWriter
     from ..engine.vae import check_frame_count
-    from ..engine.video import VideoReader, check_output_path
+    from ..engine.video import VideoReader
 
     human = _mode(json_out, quiet)
     tiling = vae_tiling(vae_tile)
@@ -159,7 +164,11 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
             check_frame_count(frames)
         except InputError as exc:
             raise UsageError(f"invalid value for --frames: {exc.message}", hint=exc.hint) from None
-    check_output_path(output, force=force)
+    if output.suffix.lower() != ".safetensors":
+        raise UsageError(f"-o {str(output)!r} must end in .safetensors (latents are not a video)",
+                         hint=f"e.g. {output.with_suffix('.safetensors').name}")  # fmt: skip
+    check_writable([output], force)
+    check_not_inputs([output], [video, vae])
     t0 = time.perf_counter()
     with VideoReader(video, max_frames=frames) as probe_only:
         src_w, src_h = probe_only.source_width, probe_only.source_height
@@ -171,30 +180,33 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     encoder = model_vae.stream_encoder(tiling)
-    with LatentsWriter(output, force=force) as sink, VideoReader(video, size=wh, max_frames=frames) as reader, \
-            Progress(human and stderr.is_terminal) as ui:  # fmt: skip
-        ui.phase("encode", total=reader.frame_count)
-        for chunk in reader.chunks(CHUNK_FRAMES):  # [3, T, H, W]
-            for z in encoder.push(chunk[None]):  # [1, 16, 1, h, w]: to disk at once, never accumulated
-                sink.append(z[0, :, 0])
-            ui.update("encode", encoder.frames_in, reader.frame_count or encoder.frames_in)
-        if encoder.frames_in == 0:
-            raise InputError(f"{video} has no frames", hint="pass a non-empty video")
-        used = 1 + 4 * (sink.count - 1)
-        if frames is not None and used < frames:
-            raise InputError(f"{video} has only {encoder.frames_in} frames; --frames {frames} asks for more",
-                             hint=f"use --frames {used} or leave --frames out")  # fmt: skip
-        timings = {"load_s": round(t_load, 3), "encode_s": round(time.perf_counter() - t1, 3),
-                   "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
-        h, w = sink.frame_shape or (0, 0)
-        record: dict[str, Any] = {
-            "output": str(output), "source": str(video), "model": label, "vae": vae_path,
-            "device": str(model_vae.latent_mean.device), "dtype": dtype_name, "frames": used, "width": wh[0],
-            "height": wh[1], "fps": reader.fps,
-            "latent_shape": [16, sink.count, h, w], "wan_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": timings,
-        }  # fmt: skip
-        sink.finish(fps=reader.fps, source=str(video), model=label, record=record)
+    with Outputs([output], force) as out:  # the latents file appears only when complete
+        with LatentsWriter(out.staged(output), force=True) as sink, \
+                VideoReader(video, size=wh, max_frames=frames) as reader, \
+                Progress(human and stderr.is_terminal) as ui:  # fmt: skip
+            ui.phase("encode", total=reader.frame_count)
+            for chunk in reader.chunks(CHUNK_FRAMES):  # [3, T, H, W]
+                for z in encoder.push(chunk[None]):  # [1, 16, 1, h, w]: to disk at once, never accumulated
+                    sink.append(z[0, :, 0])
+                ui.update("encode", encoder.frames_in, reader.frame_count or encoder.frames_in)
+            if encoder.frames_in == 0:
+                raise InputError(f"{video} has no frames", hint="pass a non-empty video")
+            used = 1 + 4 * (sink.count - 1)
+            if frames is not None and used < frames:
+                raise InputError(f"{video} has only {encoder.frames_in} frames; --frames {frames} asks for more",
+                                 hint=f"use --frames {used} or leave --frames out")  # fmt: skip
+            timings = {"load_s": round(t_load, 3), "encode_s": round(time.perf_counter() - t1, 3),
+                       "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            h, w = sink.frame_shape or (0, 0)
+            record: dict[str, Any] = {
+                "output": str(output), "source": str(video), "model": label, "vae": vae_path,
+                "device": str(model_vae.latent_mean.device), "dtype": dtype_name, "frames": used, "width": wh[0],
+                "height": wh[1], "fps": reader.fps,
+                "latent_shape": [16, sink.count, h, w], "wan_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "timings": timings,
+            }  # fmt: skip
+            sink.finish(fps=reader.fps, source=str(video), model=label, record=record)
+        out.commit()
     if used < encoder.frames_in and human:
         stderr.print(f"note: encoded {used} of {encoder.frames_in} frames (Wan videos have 4k+1 frames)")
     _finish(record, json_out, human, "wrote")
@@ -232,7 +244,8 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
             force: bool, json_out: bool, quiet: bool, vae_tile: int | None = None,
             dtype: str | None = None) -> None:  # fmt: skip
     from ..engine.latents import iter_latents, read_latents_info
-    from ..engine.video import VideoWriter, check_output_path
+    from ..engine.video import VideoWriter
+    from .generate import write_json_atomic
 
     human = _mode(json_out, quiet)
     tiling = vae_tiling(vae_tile)
@@ -241,7 +254,9 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
         raise UsageError(f"invalid value for --fps: {fps}", hint="a positive number, e.g. 16")
     if output.suffix.lower() != ".mp4":
         raise UsageError(f"-o {str(output)!r} must end in .mp4", hint=f"e.g. {output.with_suffix('.mp4').name}")
-    check_output_path(output, force=force)
+    sidecar = output.with_suffix(".json")
+    check_writable([output, sidecar], force)
+    check_not_inputs([output, sidecar], [path, vae])
     t0 = time.perf_counter()
     lat = read_latents_info(path)  # the header only: latent frames are read one at a time below
     for _ in iter_latents(lat, chunk=8):  # a quick pass for NaN/Inf before any model is loaded (memory: 8 frames)
@@ -257,14 +272,18 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
     }  # fmt: skip
     t1 = time.perf_counter()
     decoder = model_vae.stream_decoder(tiling)
-    with VideoWriter(output, lat.width, lat.height, rate, force=force, metadata=record) as writer, \
-            Progress(human and stderr.is_terminal) as ui:  # fmt: skip
-        ui.phase("decode", total=lat.frames)
-        for z in iter_latents(lat):  # [16, 1, h, w]
-            for chunk in decoder.push(z[None]):
-                writer.write(chunk[0].cpu())
-                ui.update("decode", writer.frames_written, lat.frames)
-        record["timings"] = {"load_s": round(t_load, 3), "decode_s": round(time.perf_counter() - t1, 3),
-                             "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
-        writer.set_metadata(record)
+    record["sidecar"] = str(sidecar)
+    with Outputs([output, sidecar], force) as out:  # the MP4 and its sidecar appear together, or neither
+        with VideoWriter(out.staged(output), lat.width, lat.height, rate, force=True, metadata=record) as writer, \
+                Progress(human and stderr.is_terminal) as ui:  # fmt: skip
+            ui.phase("decode", total=lat.frames)
+            for z in iter_latents(lat):  # [16, 1, h, w]
+                for chunk in decoder.push(z[None]):
+                    writer.write(chunk[0].cpu())
+                    ui.update("decode", writer.frames_written, lat.frames)
+            record["timings"] = {"load_s": round(t_load, 3), "decode_s": round(time.perf_counter() - t1, 3),
+                                 "total_s": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            writer.set_metadata(record)
+        write_json_atomic(out.staged(sidecar), record)
+        out.commit()
     _finish(record, json_out, human, "wrote")

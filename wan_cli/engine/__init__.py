@@ -26,6 +26,7 @@ _EXPORTS = {
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
     "errors": ("CheckpointError", "InputError", "WanError"),
     "layouts": ("Component",),
+    "memory": ("tune_host_allocator",),
     "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
     "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
     "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
@@ -61,6 +62,7 @@ __all__ = [
     "load_transformer",
     "load_vae",
     "peek_transformer_config",
+    "tune_host_allocator",
 ]
 assert set(_WHERE) == set(__all__)
 
@@ -77,6 +79,7 @@ if TYPE_CHECKING:
     from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
     from .errors import CheckpointError, InputError, WanError
     from .layouts import Component
+    from .memory import tune_host_allocator
     from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
     from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
     from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count

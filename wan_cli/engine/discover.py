@@ -76,7 +76,10 @@ def _dtypes(src: Source) -> dict[str, int]:
     for k in src:
         if IGNORED_KEYS.search(k) or k.endswith(SCALE_SUFFIX):
             continue
-        name = qtype(k) if qtype is not None else str(src.dtype(k)).removeprefix("torch.")
+        try:
+            name = qtype(k) if qtype is not None else str(src.dtype(k)).removeprefix("torch.")
+        except CheckpointError:
+            name = "unreadable"  # a dtype torch has no type for (the loader names it if a model needs it)
         out[name] = out.get(name, 0) + 1
     return out
 

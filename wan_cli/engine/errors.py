@@ -25,3 +25,13 @@ class CheckpointError(WanError):
 
 class InputError(WanError):
     """A tensor, size or frame count the engine cannot work with."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (``kill``, ``docker stop``, a Slurm time limit, a closed terminal). A BaseException,
+    like the KeyboardInterrupt that SIGINT raises, so that ``except Exception`` does not swallow it and every
+    ``finally`` on the way out still removes what was half-written."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -299,6 +299,12 @@ def check_keys(
         if f in file_keys and tuple(src.shape(f)) != expected[o]
     )
     if not (missing or unexpected or misshaped):
+        for f in to_file.values():  # headers only: a weight that is not a number type is refused before any read
+            dt = src.dtype(f)
+            if not dt.is_floating_point:  # (fp8 counts as floating point)
+                raise CheckpointError(f"tensor {f!r} of {src.name} is stored as {str(dt).removeprefix('torch.')}: "
+                                      f"a {what} weight must be floating point",
+                                      hint="the file is damaged or not weights (`wan inspect PATH`)")  # fmt: skip
         return
     parts = []
     for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):

@@ -325,6 +325,7 @@ class Pipeline:
         self._models: dict[tuple[str, str], Any] = {}  # (component, path) → loaded model
         self._streamers: dict[tuple[str, str], tuple[BlockStreamer, torch.nn.Module, tuple[torch.nn.Module, ...]]] = {}
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}  # (encoder path, prompt) → embedding (CPU)
+        self.load_s = 0.0  # seconds spent reading weights, over the pipeline's life (phases report theirs net of it)
 
     @property
     def policy(self) -> MemoryPolicy:
@@ -356,6 +357,7 @@ class Pipeline:
             log.debug("load %s from %s", component, path)
             t0 = time.perf_counter()
             self._models[key] = loader()
+            self.load_s += time.perf_counter() - t0
             log.debug("loaded %s in %.2f s", component, time.perf_counter() - t0)
         model = self._models[key]
         if self.policy == "offload" and self.device.type != "cpu":
@@ -490,15 +492,16 @@ class Pipeline:
         req = replace(request, seed=seed, negative_prompt=negative, device=str(self.device), dtype=self.dtype)
         tokenizer = str(request.tokenizer) if request.tokenizer else None
 
-        t0 = time.perf_counter()
+        loaded_before = self.load_s
+        t0, l0 = time.perf_counter(), self.load_s
         ctx, neg = self.encode_prompts(paths["text_encoder"], tokenizer, [req.prompt, negative])
-        timings["text_encode_s"] = time.perf_counter() - t0
+        timings["text_encode_s"] = time.perf_counter() - t0 - (self.load_s - l0)
 
         clip_fea = y = None
         if req.task != "t2v":
-            t0 = time.perf_counter()
+            t0, l0 = time.perf_counter(), self.load_s
             req, clip_fea, y = self._image_conditioning(req, paths)
-            timings["image_encode_s"] = time.perf_counter() - t0
+            timings["image_encode_s"] = time.perf_counter() - t0 - (self.load_s - l0)
 
         noise = make_noise(seed, req.frames, req.height, req.width)
         dev = self.device
@@ -517,14 +520,18 @@ class Pipeline:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["denoise_s"] = time.perf_counter() - t0
+        timings["load_s"] = self.load_s - loaded_before  # the VAE's load for decoding is added by frames()
         del model
         self._done("dit")
         latents = latents[0].float().cpu()
+        check_finite(latents, request)
 
         vae_path, tiling = paths["vae"], req.tiling
 
         def decode() -> Iterator[torch.Tensor]:
+            l0 = self.load_s
             vae = self.vae(vae_path)
+            timings["load_s"] += self.load_s - l0
             try:
                 for chunk in vae.stream_decoder(tiling).push(latents[None]):
                     yield chunk[0].cpu()
@@ -559,6 +566,18 @@ class Pipeline:
         mask = i2v_mask(req.frames, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE, last=req.task == "flf2v")
         y = torch.cat([mask[None].to(latent.device), latent], dim=1).to(self.device)
         return req, clip_fea, y
+
+
+def check_finite(latents: torch.Tensor, request: GenerationRequest) -> None:
+    """Denoised latents with NaN or Inf would decode to a black or broken video: an error, never a result."""
+    bad = (~torch.isfinite(latents)).sum().item()
+    if bad:
+        half = request.dtype == torch.float16
+        raise WanError(
+            f"the denoised latents hold {bad:,} NaN/Inf values of {latents.numel():,}: the video would be black",
+            hint="the DiT overflowed its dtype; use --dtype bf16" + (" (fp16 overflows in Wan's DiT)" if half else
+                                                                     " or --dtype fp32"),
+        )  # fmt: skip
 
 
 def generate(request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:

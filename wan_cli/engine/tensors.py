@@ -8,6 +8,7 @@ foreign code), and GGUF files (``gguf.GGUFReader``, see ``gguf.py``). Shards of 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +50,7 @@ class TensorSource:
         self._where: dict[str, int] = {}
         self._handles: list[Any] = []
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        self._unknown: dict[str, str] = {}  # tensors in a dtype torch cannot hold → the file's name for it
         self.metadata: dict[str, str] = {}
         for i, p in enumerate(paths):
             if p.suffix in PICKLE_SUFFIXES:
@@ -61,7 +63,10 @@ class TensorSource:
                 self.metadata.update(h.metadata() or {})
                 for k in h.keys():  # noqa: SIM118 - safe_open is not a dict
                     sl = h.get_slice(k)
-                    self._add(k, i, tuple(sl.get_shape()), _ST_DTYPES.get(sl.get_dtype(), torch.uint8), p)
+                    name = sl.get_dtype()
+                    if name not in _ST_DTYPES:  # F8_E8M0, F4, U16, C64, …: named, refused if a model needs it
+                        self._unknown[k] = name
+                    self._add(k, i, tuple(sl.get_shape()), _ST_DTYPES.get(name, torch.uint8), p)
 
     @classmethod
     def of(cls, tensors: dict[str, torch.Tensor], like: Source) -> TensorSource:
@@ -98,6 +103,9 @@ class TensorSource:
         return self._meta[key][0]
 
     def dtype(self, key: str) -> torch.dtype:
+        if key in self._unknown:
+            raise CheckpointError(f"tensor {key!r} of {self.name} is stored as {self._unknown[key]}, which wan "
+                                  "cannot read", hint="use a file in fp32, bf16, fp16 or fp8")  # fmt: skip
         return self._meta[key][1]
 
     def get(self, key: str) -> torch.Tensor:
@@ -137,11 +145,26 @@ def _open_safetensors(path: Path) -> Any:
 
 
 def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+    """A .pth state dict through ``torch.load(weights_only=True)``: tensors and plain containers only, never code."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "_use_new_zipfile_serialization" not in str(exc):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mmapped
     except Exception as exc:
+        text = str(exc)
+        code = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called
+        if code is not None or "Weights only load failed" in text:
+            what = f"a call to {code.group(1)}" if code else "objects other than tensors"
+            raise CheckpointError(
+                f"{path} holds pickled code ({what}), which wan never runs",
+                hint="use the model's .safetensors file, or a plain state-dict .pth",
+            ) from exc
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
         raise CheckpointError(
-            f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+            f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {first})",
             hint="the file looks truncated or corrupted, or is not a plain state dict; download it again",
         ) from exc
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
