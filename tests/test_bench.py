@@ -4,6 +4,7 @@ end on CPU (a tiny architecture stands in for the 1.3B one so the test takes sec
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,101 @@ def test_bench_true_1_3b_shape_streamed_in_fp8_on_cpu() -> None:
     record = json.loads(result.stdout)
     assert record["tokens"] == 4 and record["flop_per_step"] == bench.dit_flops(DIT_CONFIGS["t2v-1.3B"], 4)
     assert record["step_s"] > 0 and record["offload"] == "blocks"
+
+
+# -- no GPU: a small workload, said on stderr; a table without contradictions -----------------------------------------
+
+
+def _captured(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[bench.BenchRequest, object]:
+    """Run `wan bench ARGS` up to the request it would time (run_bench replaced by a stub)."""
+    seen: list[bench.BenchRequest] = []
+
+    def stub(req: bench.BenchRequest, log: object = None) -> bench.BenchResult:
+        seen.append(req)
+        return bench.BenchResult(model=req.model, device=req.device, device_name="stub", dtype="float32",
+                                 size=f"{req.width}x{req.height}", frames=req.frames, tokens=1, matmul_tflops=1.0,
+                                 step_s=1.0, flop_per_step=1.0, achieved_tflops=1.0, peak_fraction=1.0,
+                                 dit_peak_gib=1.0, notes=list(req.notes))  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_bench", stub)
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return seen[0], result
+
+
+def test_without_a_gpu_bench_picks_a_small_cpu_workload_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    req, result = _captured(monkeypatch, ["bench"])
+    assert (req.device, req.width, req.height, req.frames, req.steps) == ("cpu", 160, 96, 5, 1)
+    assert not req.text_encoder and req.vae
+    assert "no GPU found" in result.stderr and "160x96, 5 frames, 1 step" in result.stderr  # type: ignore[attr-defined]
+    assert "no GPU found" in json.loads(result.stdout)["notes"][0]  # type: ignore[attr-defined]
+
+
+def test_on_a_cpu_only_the_options_not_given_are_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    req, result = _captured(monkeypatch, ["bench", "--device", "cpu", "--size", "64x32", "--steps", "3"])
+    assert (req.width, req.height, req.frames, req.steps) == (64, 32, 5, 3)
+    assert "on a CPU: a small workload (5 frames)" in result.stderr  # type: ignore[attr-defined]
+    req, result = _captured(
+        monkeypatch, ["bench", "--device", "cpu", "--size", "64x32", "--frames", "9", "--steps", "1"]
+    )
+    assert (req.frames, req.steps, req.notes) == (9, 1, []) and "small workload" not in result.stderr  # type: ignore[attr-defined]
+
+
+def test_a_gpu_keeps_the_presets_workload(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("wan_cli.cli.generate.pick_device", lambda name: "mps")  # any device that is not the CPU
+    req, result = _captured(monkeypatch, ["bench"])
+    assert (req.width, req.height, req.frames, req.steps) == (832, 480, 81, 2) and req.notes == []
+    assert "small workload" not in result.stderr  # type: ignore[attr-defined]
+
+
+def _tiny_bench(monkeypatch: pytest.MonkeyPatch, *extra: str, peak: float = 1e15) -> tuple[dict[str, object], str]:
+    """The tiny architecture through `wan bench` on the CPU; ``peak``: what the matmul probe says (FLOP/s)."""
+    monkeypatch.setitem(DIT_CONFIGS, "t2v-1.3B", tiny_dit_config("t2v", text_dim=4096))
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: peak)
+    monkeypatch.setattr(bench, "WanVAEConfig", lambda: WanVAEConfig(dim=8))
+    result = runner.invoke(app, ["bench", "--device", "cpu", "--size", "64x32", "--frames", "5", "--steps", "1",
+                                 *extra])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def test_the_table_says_why_a_phase_was_not_measured_and_names_no_flag_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    record, err = _tiny_bench(monkeypatch, "--no-vae")
+    assert "not measured (not measured)" not in err
+    assert "--no-text-encoder" not in err  # not given: the text encoder is off by default on a CPU
+    assert "text encode (UMT5-XXL)" in err and "not measured (off by default on a CPU" in err
+    assert "not measured (--no-vae)" in err and "VAE peak memory" not in err
+    assert "projected (50 steps)" in err  # the projection names what it adds up: here the DiT steps alone
+    assert record["skipped"] == {"vae": "--no-vae", "text_encoder": record["skipped"]["text_encoder"]}  # type: ignore[index]
+    assert record["projected_s"] == pytest.approx(50 * record["step_s"])  # type: ignore[operator]
+    record, err = _tiny_bench(monkeypatch, "--no-text-encoder")
+    assert "not measured (--no-text-encoder)" in err and "projected (50 steps + VAE decode)" in err
+
+
+def test_achieved_is_never_above_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, err = _tiny_bench(monkeypatch, "--no-vae", peak=1.0)  # a probe that under-measures: 1 FLOP/s
+    assert record["peak_fraction"] == 1.0 and record["matmul_tflops"] == record["achieved_tflops"]
+    assert "(100% of peak)" in err and "above the 0.00 TFLOP/s of the square-matmul probe" in err
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="per-phase CPU peaks need Linux")
+def test_cpu_peak_memory_is_per_phase() -> None:
+    cpu = torch.device("cpu")
+    with bench.PeakMemory(cpu) as big:
+        x = torch.ones(2**27)  # 512 MiB, touched
+        del x
+    with bench.PeakMemory(cpu) as small:
+        pass
+    assert not big.lifetime and big.gib - small.gib > 0.4  # the second phase does not inherit the first one's peak
+
+
+def test_random_dit_on_a_cpu_copies_the_first_blocks_draw() -> None:
+    model = bench.random_dit(tiny_dit_config("t2v", num_layers=3), torch.device("cpu"), torch.float32)
+    a, b = model.blocks[0].ffn[0].weight, model.blocks[2].ffn[0].weight
+    assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()  # same values, own memory (as real weights take)
+    q, k = model.blocks[0].self_attn.q.weight, model.blocks[0].self_attn.k.weight
+    assert a.std().item() == pytest.approx(0.02, rel=0.2) and not torch.equal(q, k)  # within a block: own draws

@@ -57,7 +57,7 @@ USAGE = [
     (["--fps", "0"], "--fps"),
     (["--shift", "0"], "--shift"),
     (["--solver", "ddim"], "'unipc', 'dpm++' or 'euler'"),
-    (["--seed", "-1"], "--seed"),
+    (["--seed", "-2"], "--seed"),
     (["--device", "tpu"], "--device"),
     (["--offload", "disk"], "--offload"),
     (["--vae-tile", "30"], "--vae-tile"),

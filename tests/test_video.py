@@ -105,6 +105,25 @@ def test_written_file_is_what_ffprobe_says(tmp_path: Path) -> None:
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask  # a normal file, not a 0600 temp file
 
 
+@needs_ffprobe
+def test_metadata_has_no_size_limit(tmp_path: Path) -> None:
+    """A 100,000-character prompt (CJK: 3 bytes each in UTF-8) is more than Linux lets one argument hold
+    (MAX_ARG_STRLEN, 128 KiB): the record cannot travel on ffmpeg's command line, and must come back exactly."""
+    unit = 'a "corgi" = dog; #1 \\ C:\\dir\\ {x}\n中文提示词\r\t '
+    prompt = (unit * (100_000 // len(unit) + 1))[:100_000]
+    record = {"prompt": prompt, "negative_prompt": "色调艳丽\n\n", "seed": 7, "ends": "slash\\", "only": "=;#\\\n"}
+    assert len(json.dumps(record, ensure_ascii=False).encode()) > 128 * 1024
+    out = tmp_path / "clip.mp4"
+    with VideoWriter(out, W, H, metadata=record) as w:
+        for chunk in decoder_like_chunks(2):
+            w.write(chunk)
+    assert read_metadata(out) == record
+    info = probe(out)  # plays: ffprobe decodes every frame
+    assert (info["codec_name"], info["frames"], info["faststart"]) == ("h264", 5, True)
+    assert json.loads(info["comment"]) == record
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
 def test_round_trip_keeps_colours_and_order(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
     with VideoWriter(out, W, H) as w:
@@ -298,6 +317,37 @@ def test_fps_resampling_drops_frames(tmp_path: Path) -> None:
     assert frames.shape[1] in (6, 7)
     for t in range(frames.shape[1]):  # every other source frame
         assert _is(frames[:, t, 8, 8], tuple(PALETTE[(2 * t) % len(PALETTE)].tolist())), t
+
+
+@needs_ffprobe
+def test_variable_frame_rate_is_read_at_its_average_rate(tmp_path: Path) -> None:
+    """30 frames, the first 10 at 10 fps, then 50 fps: 1.42 s at 19 fps on average (25 or 50 'tbr'). Read frame by
+    frame at the recorded fps, it would last 72 / 18.99 = 3.8 s; resampled, the duration and the rate are true."""
+    src = tmp_path / "vfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=25", "-frames:v", "30",
+           "-vf", "settb=1/1000,setpts='if(lt(N,10),N*0.1,1+(N-10)*0.02)/TB'", "-fps_mode", "vfr",
+           "-enc_time_base", "1/1000", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(src))  # fmt: skip
+    duration = float(subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(src)],
+        capture_output=True, text=True, check=True,
+    ).stdout)  # fmt: skip
+    average = probe(src)["fps"]  # avg_frame_rate, as ffprobe (not the code under test) works it out
+    with VideoReader(src) as r:
+        n = sum(c.shape[1] for c in r.chunks(8))
+        assert r.fps == pytest.approx(float(average), rel=0.01)
+        assert r.frame_count is not None and abs(r.frame_count - n) <= 1
+    assert abs(n - duration * r.fps) <= 1, (n, duration, r.fps)
+
+
+def test_ntsc_rates_are_exact(tmp_path: Path) -> None:
+    """ffmpeg prints 29.97 for 30000/1001: the reader recognises the broadcast rate rather than resampling to
+    2997/100 (one frame repeated every 5 minutes or so)."""
+    src = tmp_path / "ntsc.mp4"
+    ffmpeg("-f", "lavfi", "-i", f"testsrc=size={W}x{H}:rate=30000/1001", "-frames:v", "12", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(src))  # fmt: skip
+    with VideoReader(src) as r:
+        assert r.fps == 30000 / 1001
+        assert sum(c.shape[1] for c in r.chunks(8)) == 12
 
 
 @linux_only

@@ -1,11 +1,15 @@
 """Presets and settings: pydantic models for the YAML files in ``presets/`` and the merge of every settings layer.
 
-Precedence, lowest first: built-in defaults < preset < environment (``WAN_MODEL``, ``WAN_DEVICE``, ``WAN_DTYPE``)
-< command-line flags < per-item overrides of a JSONL batch line. Every layer is a :class:`Values` (all fields
-optional); :func:`resolve` folds them into one :class:`Settings` (all fields set).
+Precedence, lowest first: built-in defaults < the model's preset < a user preset file (``-p my.yaml``)
+< environment (``WAN_MODEL``, ``WAN_DEVICE``, ``WAN_DTYPE``) < command-line flags < per-item overrides of a JSONL
+batch line. Every layer is a :class:`Values` (all fields optional); :func:`resolve` folds them into one
+:class:`Settings` (all fields set) and :func:`sources` tells which layer each value came from.
 
-Presets ship inside the wheel as ``wan_cli.preset_data``; a user may add or shadow presets with YAML files in
-``$WAN_CLI_HOME/presets/`` or pass a path (``-p my.yaml``). An unknown key or a bad value names the field and file.
+A preset named with ``-p NAME`` replaces the model's own preset; a file (``-p my.yaml``) is layered over it, so
+``steps: 20`` alone keeps the model's guidance and shift. Presets ship inside the wheel as ``wan_cli.preset_data``; a
+user may add or shadow named presets with YAML files in ``$WAN_CLI_HOME/presets/``. An unknown key or a bad value
+names the field and file. ``seed: -1`` means a random seed (as in the official ``generate.py``); as a layer it
+overrides a lower layer's seed, and :class:`Settings` holds it as None.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class Values(BaseModel):
     shift: float | None = Field(default=None, gt=0, le=100)
     solver: SolverName | None = None
     negative_prompt: str | None = None
-    seed: int | None = Field(default=None, ge=0, lt=2**63)
+    seed: int | None = None  # 0 … 2^63 − 1, or -1: random (kept as -1 here so that it overrides a lower layer)
     device: DeviceName | None = None
     dtype: DtypeName | None = None
 
@@ -72,6 +76,13 @@ class Values(BaseModel):
         if v is not None and (v - 1) % 4:
             lo = (v - 1) // 4 * 4 + 1
             raise ValueError(f"frames must be 4n+1 (…, {lo}, {lo + 4}, …), got {v}")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int | None) -> int | None:
+        if v is not None and not -1 <= v < 2**63:
+            raise ValueError(f"seed must be 0 … 2^63-1, or -1 for a random one, got {v}")
         return v
 
     @field_validator("size")
@@ -188,7 +199,8 @@ def list_presets() -> list[str]:
     return list(preset_files())
 
 
-def _looks_like_path(spec: str) -> bool:
+def is_preset_file(spec: str) -> bool:
+    """``-p my.yaml`` (a file, layered over the model's preset) rather than ``-p NAME`` (a preset replacing it)."""
     return spec.endswith((".yaml", ".yml")) or os.sep in spec or "/" in spec
 
 
@@ -196,7 +208,7 @@ def load_preset(spec: str) -> tuple[str, Values]:
     """A preset by name or by YAML path → (name, values). Errors name the file and the field."""
     import yaml
 
-    if _looks_like_path(spec):
+    if is_preset_file(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise InputError(f"preset file {path} does not exist", hint="check the path, or `wan presets list`")
@@ -234,13 +246,42 @@ def load_preset(spec: str) -> tuple[str, Values]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def resolve(*layers: Values, preset: str | None = None) -> Settings:
-    """Fold layers (lowest first) over the defaults into complete settings."""
+def _user_layer(model_preset: Values, user: tuple[str, Values]) -> Values:
+    name, values = user
+    if model_preset.task is not None and values.task not in (None, model_preset.task):
+        raise InputError(f"preset file {name} is for {values.task}, not {model_preset.task}",
+                         hint="remove its `task:` line, or use it with the command for that task")  # fmt: skip
+    return values
+
+
+def resolve(*layers: Values, preset: str | None = None, user: tuple[str, Values] | None = None) -> Settings:
+    """Fold layers (lowest first) over the defaults into complete settings.
+
+    ``user``: a preset file's (name, values) (``-p my.yaml``), layered right over the first layer (the model's own
+    preset) and under the others (environment, flags, item); it names the run's preset. A seed of -1 becomes None
+    (random)."""
+    stack = list(layers)
+    if user is not None:
+        stack.insert(min(1, len(stack)), _user_layer(stack[0] if stack else Values(), user))
     merged: dict[str, Any] = DEFAULTS.set_fields()
-    for layer in layers:
+    for layer in stack:
         merged.update(layer.set_fields())
     merged.pop("description", None)
     merged.setdefault("model", None)
     merged.setdefault("negative_prompt", None)
+    if merged.get("seed") == -1:
+        merged["seed"] = None
     merged.setdefault("seed", None)
-    return Settings(preset=preset, **merged)
+    return Settings(preset=user[0] if user is not None else preset, **merged)
+
+
+def sources(*layers: tuple[str, Values]) -> dict[str, str]:
+    """For each setting, the label of the highest layer that sets it ("default" when none does): what
+    `wan presets show` prints beside each value."""
+    found = dict.fromkeys(Settings.model_fields, "default")
+    del found["preset"]
+    for label, values in layers:
+        for key in values.set_fields():
+            if key in found:
+                found[key] = label
+    return found

@@ -1,13 +1,22 @@
-"""`wan bench`: what this machine does with a model before any download (random weights at the true shapes)."""
+"""`wan bench`: what this machine does with a model before any download (random weights at the true shapes).
+
+On a CPU the options not given default to a small workload (:data:`CPU_WORKLOAD`: about a minute on 2 cores) instead
+of the preset's 832x480 × 81 frames, which takes a quarter of an hour and 12 GB there; stderr says so.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .errors import UsageError, run_guarded
 from .output import emit_json, stderr
+
+# The CPU default: the true 1.3B architecture at a small shape (120 tokens). On a 2-core VM without a GPU
+# (2026-12-02), `wan bench` took 33-81 s in all (shared with other jobs): 5.7 GB of random fp32 weights, two DiT steps
+# (warm-up + 1) of ~0.9 TFLOP each, the VAE decode. 256x160 (320 tokens) took twice that.
+CPU_WORKLOAD: dict[str, Any] = {"size": (160, 96), "frames": 5, "steps": 1}
 
 
 def bench(
@@ -16,12 +25,23 @@ def bench(
     ] = "1.3b-t2v",
     size: Annotated[
         str | None,
-        typer.Option("--size", metavar="WxH", show_default=False, help="Frame size (default: the model's preset)."),
+        typer.Option(
+            "--size",
+            metavar="WxH",
+            show_default=False,
+            help="Frame size (default: the model's preset; 160x96 on a CPU).",
+        ),
     ] = None,
     frames: Annotated[
-        int | None, typer.Option("--frames", show_default=False, help="Frames, 4n+1 (default: the preset's 81).")
+        int | None,
+        typer.Option("--frames", show_default=False, help="Frames, 4n+1 (default: the preset's 81; 5 on a CPU)."),
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="DiT steps to time (after one warm-up).")] = 2,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            "--steps", show_default=False, help="DiT steps to time, after one warm-up (default: 2; 1 on a CPU)."
+        ),
+    ] = None,
     weights: Annotated[
         str,
         typer.Option(
@@ -65,6 +85,8 @@ def bench(
 ) -> None:
     """Time the DiT step, text encoder and VAE decode; report FLOP/s against the measured matmul peak, peak memory
     per phase and the projected time of a whole video. The JSON record goes to stdout, the table to stderr.
+    Without a GPU, the options not given default to a small CPU workload (160x96, 5 frames, 1 step): about a
+    minute on 2 cores.
 
     Examples:
 
@@ -81,7 +103,7 @@ def bench(
     emit_json(record)
 
 
-def _bench(model: str, size: str | None, frames: int | None, steps: int, weights: str, device: str, dtype: str,
+def _bench(model: str, size: str | None, frames: int | None, steps: int | None, weights: str, device: str, dtype: str,
            attention: str, text_encoder: bool | None, vae: bool, compile: bool,
            json_out: bool, offload: str = "auto", fp8_matmul: bool = False) -> dict[str, object]:  # fmt: skip
     import torch
@@ -102,7 +124,7 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
         raise UsageError(exc.message, hint=exc.hint) from None
     if spec.name not in BENCH_MODELS:
         raise UsageError(f"no benchmark for {spec.name}", hint=f"use one of {', '.join(BENCH_MODELS)}")
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise UsageError(f"invalid value for --steps: {steps}", hint="at least 1")
     if weights not in ("random", "installed"):
         raise UsageError(f"invalid value for --weights: {weights!r}", hint="random or installed")
@@ -114,8 +136,24 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
                                                          ("dtype", dtype)) if v is not None})  # fmt: skip
     except Exception as exc:
         raise UsageError(f"invalid option value: {exc}", hint="see `wan bench --help`") from None
-    w, h = layer.size or preset.size or (832, 480)
     dev = pick_device(layer.device or "auto")
+    notes: list[str] = []
+    if dev == "cpu":
+        given = {"size": size, "frames": frames, "steps": steps}
+        picked = {k: v for k, v in CPU_WORKLOAD.items() if given[k] is None}
+        if picked:
+            layer = layer.model_copy(update={k: v for k, v in picked.items() if k != "steps"})
+            steps = picked.get("steps", steps)
+            words = {"size": "{}x{}".format(*picked.get("size", (0, 0))), "frames": f"{picked.get('frames')} frames",
+                     "steps": f"{picked.get('steps')} step" + "s" * (picked.get("steps") != 1)}  # fmt: skip
+            what = ", ".join(words[k] for k in picked)
+            why = "on a CPU" if layer.device == "cpu" else "no GPU found (torch sees no CUDA or MPS device)"
+            pw, ph = preset.size or (832, 480)
+            notes.append(f"{why}: a small workload ({what}) instead of the preset's {pw}x{ph} and {preset.frames} "
+                         "frames (a quarter of an hour or more on a CPU); --size, --frames and --steps choose "
+                         "another")  # fmt: skip
+            stderr.print(f"note: {notes[-1]}", markup=False, highlight=False)
+    w, h = layer.size or preset.size or (832, 480)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     dt = dtypes.get(layer.dtype or "auto") or (torch.float32 if dev == "cpu" else torch.bfloat16)
     fp8 = layer.dtype == "fp8" or fp8_matmul
@@ -139,37 +177,54 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int, weights
             from ..engine.memory import stream_blocks
 
             stream_blocks(dit, dit.blocks, dev)
-    req = BenchRequest(model=spec.name, width=w, height=h, frames=n_frames, steps=steps,
-                       full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit, compile=compile,
-                       text_encoder=text_encoder if text_encoder is not None else dev != "cpu",
+    why_not = {"vae": "--no-vae"}
+    if text_encoder is None and dev == "cpu":
+        why_not["text_encoder"] = "off by default on a CPU, where UMT5-XXL takes 23 GB; --text-encoder times it"
+    elif text_encoder is False:
+        why_not["text_encoder"] = "--no-text-encoder"
+    req = BenchRequest(model=spec.name, width=w, height=h, frames=n_frames, steps=steps or 2, why_not=why_not,
+                       notes=notes, full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit,
+                       compile=compile, text_encoder=text_encoder if text_encoder is not None else dev != "cpu",
                        offload=offload, fp8=fp8, fp8_matmul=fp8_matmul)  # type: ignore[arg-type]  # fmt: skip
     log = (lambda _: None) if json_out else (lambda m: stderr.print(f"[dim]{m}…[/]"))
     result = run_bench(req, log)
     if not json_out:
-        _table(result.to_dict())
+        _table(result.to_dict(), shown=notes)
     return result.to_dict()
 
 
-def _table(r: dict[str, object]) -> None:
-    def fmt(v: object, unit: str = "", nd: int = 2) -> str:
-        return "not measured" if v is None else f"{v:.{nd}f}{unit}" if isinstance(v, float) else f"{v}{unit}"
+def _rate(tflops: float) -> str:
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 10 else f"{tflops:.2f} TFLOP/s"  # a CPU does ~0.1
 
+
+def _table(r: dict[str, Any], shown: tuple[str, ...] | list[str] = ()) -> None:
+    """The human summary on stderr; a phase not measured says why, and the projection names what it adds up."""
+    skipped: dict[str, str] = r["skipped"]
+    text = (
+        f"{r['text_encode_s']:.2f} s" if r["text_encode_s"] is not None else f"not measured ({skipped['text_encoder']})"
+    )
+    vae = (f"{r['vae_decode_s']:.2f} s ({r['vae_fps']:.1f} frames/s)" if r["vae_decode_s"] is not None
+           else f"not measured ({skipped['vae']})")  # fmt: skip
+    parts = [f"{r['full_steps']} steps"] + ["text encode"] * (r["text_encode_s"] is not None)
+    parts += ["VAE decode"] * (r["vae_decode_s"] is not None)
     rows = [
         ("device", f"{r['device_name']} ({r['device']}, {r['dtype']})"),
         ("memory mode", f"offload {r['offload']}, DiT weights {r['weights']}"),
         ("shape", f"{r['model']} · {r['size']} · {r['frames']} frames · {r['tokens']} tokens"),
-        ("matmul peak", fmt(r["matmul_tflops"], " TFLOP/s", 1)),
-        ("DiT step (cond + uncond)", fmt(r["step_s"], " s", 3) + (" (compiled)" if r["compiled"] else "")),
-        ("first step", fmt(r["first_step_s"], " s", 1)),
-        ("achieved", f"{fmt(r['achieved_tflops'], ' TFLOP/s', 1)} ({100 * float(r['peak_fraction']):.0f}% of peak)"),  # type: ignore[arg-type]
-        ("DiT peak memory", fmt(r["dit_peak_gib"], " GiB", 1)),
-        ("text encode (UMT5-XXL)", fmt(r["text_encode_s"], " s")),
-        ("VAE decode", f"{fmt(r['vae_decode_s'], ' s')} ({fmt(r['vae_fps'], ' frames/s', 1)})"),
-        ("VAE peak memory", fmt(r["vae_peak_gib"], " GiB", 1)),
-        (f"projected, {r['full_steps']} steps", fmt(r["projected_s"], " s", 0)),
+        ("matmul peak", _rate(r["matmul_tflops"])),
+        ("DiT step (cond + uncond)", f"{r['step_s']:.3f} s" + (" (compiled)" if r["compiled"] else "")),
+        ("first step", f"{r['first_step_s']:.1f} s"),
+        ("achieved", f"{_rate(r['achieved_tflops'])} ({100 * r['peak_fraction']:.0f}% of peak)"),
+        ("DiT peak memory", f"{r['dit_peak_gib']:.1f} GiB"),
+        ("text encode (UMT5-XXL)", text),
+        ("VAE decode", vae),
     ]
+    if r["vae_peak_gib"] is not None:
+        rows.append(("VAE peak memory", f"{r['vae_peak_gib']:.1f} GiB"))
+    rows.append((f"projected ({' + '.join(parts)})", f"{r['projected_s']:.0f} s"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         stderr.print(f"{k:<{width}}  {v}", markup=False, highlight=False)
-    for note in r["notes"]:  # type: ignore[attr-defined]
-        stderr.print(f"note: {note}", markup=False)
+    for note in r["notes"]:
+        if note not in shown:
+            stderr.print(f"note: {note}", markup=False, highlight=False)

@@ -23,11 +23,11 @@ import typer
 
 from .. import __version__
 from ..engine.errors import InputError, Interrupted, WanError
-from ..presets import Settings, Values, env_values, list_presets, load_preset, resolve
+from ..presets import Settings, Values, env_values, is_preset_file, list_presets, load_preset, resolve
 from .errors import UsageError, debug_enabled, report, run_guarded
 from .items import Item, read_prompts_file, stdin_prompt
 from .options import Options, flag_values, refuse_peer_options, vae_tiling, with_common_options
-from .output import Progress, emit_json, emit_line, stderr
+from .output import Progress, emit_json, emit_line, show_engine_log, stderr
 from .outputs import Outputs, batch_folder, check_not_inputs, check_writable, inside, target
 
 if TYPE_CHECKING:
@@ -196,19 +196,20 @@ def plan(item: Item, run: Run) -> Job:
     if task != "t2v" and not image:
         raise InputError("no input image", hint='give IMAGE, or an "image" key on each JSONL line')
 
-    spec = item.values.model or run.flags.model or run.env.model
-    if run.preset is not None:
+    user = run.preset if run.opts.preset and is_preset_file(run.opts.preset) else None  # -p FILE: over the model's
+    spec = item.values.model or run.flags.model or run.env.model or (user[1].model if user else None)
+    if run.preset is not None and user is None:
         preset_name: str | None
         preset_name, preset_values = run.preset
     else:
-        size = item.values.size or run.flags.size
+        size = item.values.size or run.flags.size or (user[1].size if user else None)
         found = run.memo(("preset", spec, task, size), lambda: auto_preset(spec or DEFAULT_MODEL[task], task, size))
         preset_name, preset_values = found if found is not None else (None, Values())
     if preset_values.task not in (None, task):
         raise InputError(f"preset {preset_name} is for {preset_values.task}, not {task}",
                          hint="pick a preset made for this command (`wan presets list`)")  # fmt: skip
     preset_values = preset_values.model_copy(update={"task": task})
-    settings = resolve(preset_values, run.env, run.flags, item.values, preset=preset_name)
+    settings = resolve(preset_values, run.env, run.flags, item.values, preset=preset_name, user=user)
     spec = settings.model or DEFAULT_MODEL[task]
     settings = settings.model_copy(update={"model": spec})
 
@@ -262,6 +263,13 @@ def plan(item: Item, run: Run) -> Job:
             flags = " and ".join(m + " PATH" for m in missing)
             raise InputError(f"{spec} holds only the diffusion model; no {', '.join(missing)} given",
                              hint=f"pass {flags}, or a whole model folder")  # fmt: skip
+    dit_path = files.dit or files.root
+    if dit_path is not None:  # a size that cannot fit whatever the memory mode is refused now (headers only)
+        from ..engine import check_fits, peek_transformer_config
+
+        cfg = run.memo(("dit", str(dit_path)), lambda: peek_transformer_config(dit_path))
+        check_fits(settings.width, settings.height, settings.frames, request.device, dim=cfg.dim,
+                   ffn_dim=cfg.ffn_dim, tile=opts.vae_tile, what=f"{item.where or 'this video'}")  # fmt: skip
     for img in (image, last):
         if img is not None:  # a missing, unreadable or animated image fails here, before any model is loaded
             run.memo(("image", str(img)), lambda img=img: load_image(img).shape)  # type: ignore[misc]
@@ -468,6 +476,8 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
     vae_tiling(opts.vae_tile)  # a bad --vae-tile is a usage error before anything runs
     if opts.json_out and opts.quiet:
         raise UsageError("--json and --quiet cannot be used together", hint="pick one")
+    if opts.verbose:
+        show_engine_log()
     flags = flag_values(opts)
     env = env_values()
     preset = load_preset(opts.preset) if opts.preset else None

@@ -13,7 +13,17 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..presets import DEFAULTS, list_presets, load_preset, preset_files, resolve
+from ..presets import (
+    DEFAULTS,
+    Settings,
+    Values,
+    is_preset_file,
+    list_presets,
+    load_preset,
+    preset_files,
+    resolve,
+    sources,
+)
 from .errors import run_guarded
 from .output import emit_json, emit_line, stderr
 
@@ -55,21 +65,40 @@ def presets_show(
     name: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset name or a YAML file.")],
     json_out: JsonOpt = False,
 ) -> None:
-    """The values a preset sets, merged over the built-in defaults (what a run with `-p NAME` starts from)."""
-    preset_name, values = run_guarded(lambda: load_preset(name), stderr)
-    merged = resolve(values, preset=preset_name).model_dump()
+    """The settings a run with `-p NAME|FILE` starts from, and where each comes from: the built-in default, the
+    preset, or the file. A file is layered over the preset of the model it names (else the default model of its
+    task), as `wan t2v -p FILE` does; a named preset replaces the model's preset."""
+
+    def collect() -> tuple[str, Values, list[tuple[str, Values]], Settings]:
+        preset_name, values = load_preset(name)
+        if not is_preset_file(name):
+            return preset_name, values, [(f"preset {preset_name}", values)], resolve(values, preset=preset_name)
+        from .generate import DEFAULT_MODEL, auto_preset
+
+        task = values.task or "t2v"
+        found = auto_preset(values.model or DEFAULT_MODEL[task], task, values.size)
+        base_name, base = found if found is not None else (None, Values())
+        layers = ([(f"preset {base_name}", base)] if base_name else []) + [(f"file {name}", values)]
+        return preset_name, values, layers, resolve(base.model_copy(update={"task": task}), user=(preset_name, values))
+
+    preset_name, values, layers, settings = run_guarded(collect, stderr)
+    merged = settings.model_dump()
     merged["size"] = "{}x{}".format(*merged["size"])
     own = set(values.model_dump(exclude_none=True)) - {"description"}
+    origin = sources(*layers)
     if json_out:
-        emit_json({"name": preset_name, "description": values.description, "values": merged, "set": sorted(own)})
+        emit_json({"name": preset_name, "description": values.description, "values": merged, "set": sorted(own),
+                   "sources": origin, "layers": [label for label, _ in layers]})  # fmt: skip
         return
     if values.description:
         emit_line(f"# {preset_name}: {values.description}")
+    if len(layers) > 1:
+        emit_line(f"# {layers[-1][0]}, over {layers[0][0]}")
     for key, value in merged.items():
-        if key == "preset" or (value is None and key not in own):
+        if key == "preset" or (value is None and origin[key] == "default"):
             continue
-        note = "" if key in own else "  # default"
-        emit_line(f"{key}: {value}{note}")
+        shown = "random" if key == "seed" and value is None else value  # seed: -1
+        emit_line(f"{key}: {shown}  # {origin[key]}")
 
 
 def inspect(

@@ -1,4 +1,11 @@
-"""Batch items: the single prompt, the lines of a ``--prompts`` file (plain or JSONL), or a prompt piped on stdin."""
+"""Batch items: the single prompt, the lines of a ``--prompts`` file (plain or JSONL), or a prompt piped on stdin.
+
+A file is JSONL when it is named ``*.jsonl`` or its first prompt line starts with ``{``: then every line (but blank
+lines and ``#`` comments) must be a JSON object, and one that is not is an error for that item, never a prompt. In a
+plain file every line is a prompt (a line starting with ``{`` is read as a JSON object, so both kinds mix). A UTF-8
+byte-order mark is ignored. A bad line, or a prompt no text encoder can take (a lone UTF-16 surrogate from a JSON
+escape), is an error carried in :attr:`Item.error`: reported in order with its line number, and the batch goes on.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +31,23 @@ class Item:
     values: Values = field(default_factory=Values)
     error: WanError | None = None  # a line that could not be parsed: reported in order, counted as a failure
 
+    def __post_init__(self) -> None:
+        # every way in (argument, stdin, file) passes here, so a prompt that would crash the sidecar after the
+        # generation fails at planning instead
+        if self.error is None:
+            self.error = text_error(self.prompt, "the prompt", self.where)
+
+
+def text_error(text: str, what: str, where: str) -> InputError | None:
+    """An error for a string holding a lone surrogate (U+D800…U+DFFF: JSON's "\\ud800", or undecodable bytes
+    passed through by Python's surrogateescape), which cannot be written as UTF-8; else None."""
+    at = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+    if at is None:
+        return None
+    message = f"{what} holds a lone surrogate (U+{ord(text[at]):04X} at character {at + 1}), which is not text"
+    hint = "a JSON escape such as \\ud83d needs its pair (\\ud83d\\ude00); fix or remove it"
+    return InputError(f"{where}: {message}" if where else message, hint=hint)
+
 
 _ITEM_FILES = ("image", "last_frame", "output", "save_latents")
 _NOT_PER_ITEM = ("device", "dtype", "task", "description")
@@ -33,6 +57,11 @@ def item_from_json(obj: object, index: int, where: str) -> Item:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: a JSONL line must be an object", hint='e.g. {"prompt": "a cat", "seed": 1}')
     data = dict(obj)
+    for key, value in data.items():
+        for text in value if isinstance(value, list) else [value]:
+            error = text_error(text, repr(key), where) if isinstance(text, str) else None
+            if error is not None:
+                raise error
     if "last_image" in data:
         data["last_frame"] = data.pop("last_image")
     prompt = data.pop("prompt", None)
@@ -51,15 +80,25 @@ def item_from_json(obj: object, index: int, where: str) -> Item:
                 values=values_from(data, where))  # fmt: skip
 
 
-def parse_prompts(text: str, source: str) -> list[Item]:
+def _not_an_object(where: str) -> InputError:
+    return InputError(f"{where} is not a JSON object (this file is JSONL: one object per line)",
+                      hint='write it as {"prompt": "…"}, or put plain prompts in a .txt file')  # fmt: skip
+
+
+def parse_prompts(text: str, source: str, jsonl: bool = False) -> list[Item]:
+    """The items of a prompts file; ``jsonl`` (a ``*.jsonl`` name): every line must be a JSON object, as it must
+    when the first prompt line is one."""
     items: list[Item] = []
+    text = text.removeprefix("\ufeff")  # a BOM (Windows editors) is not part of the first line
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         index, where = len(items) + 1, f"{source} line {n}"
+        if not items and line.startswith("{"):
+            jsonl = True
         if not line.startswith("{"):
-            items.append(Item(index, where, line))
+            items.append(Item(index, where, "", error=_not_an_object(where)) if jsonl else Item(index, where, line))
             continue
         try:
             items.append(item_from_json(json.loads(line), index, where))
@@ -74,17 +113,29 @@ def parse_prompts(text: str, source: str) -> list[Item]:
     return items
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # what PowerShell's `>` writes
+
+
 def read_prompts_file(spec: str) -> list[Item]:
     if spec == "-":
-        return parse_prompts(sys.stdin.read(), "stdin")
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"stdin is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                             hint="pipe UTF-8 text or JSONL") from None  # fmt: skip
+        return parse_prompts(text, "stdin")
     path = Path(spec).expanduser()
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise InputError(f"prompts file {path} {what}", hint="pass a text or JSONL file, or - for stdin")
     try:
-        return parse_prompts(path.read_text(encoding="utf-8"), path.name)
+        data = path.read_bytes()
+        if data.startswith(_UTF16_BOMS):
+            raise InputError(f"prompts file {path} is UTF-16 text", hint="save it as UTF-8")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read prompts file {path}: {exc}", hint="pass a UTF-8 text or JSONL file") from None
+    return parse_prompts(text, path.name, jsonl=path.suffix.lower() == ".jsonl")
 
 
 def stdin_prompt(example: str) -> str:

@@ -29,7 +29,7 @@ HELP = {
     "guidance": "Classifier-free guidance scale.",
     "shift": "Flow shift of the noise schedule.",
     "solver": "Sampler.",
-    "seed": "Random seed (default: a random one, reported).",
+    "seed": "Random seed (default, or -1: a random one, reported).",
     "negative_prompt": "What to avoid (default: the official negative prompt).",
     "prompts": "Batch: one prompt per line, or JSONL objects with per-item overrides (prompt, image, last_frame, "
     "seed, output, save_latents, size, frames, steps, guidance, shift, solver, negative_prompt, model).",
@@ -51,6 +51,7 @@ HELP = {
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
     "quiet": "Print only the output paths; no progress.",
+    "verbose": "Show the engine's log on stderr: loads, releases, memory-mode decisions.",
 }
 
 # name, type, option names, metavar (None: Typer's), default; declared once for every generation command
@@ -81,6 +82,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),
     ("quiet", bool, ("-q", "--quiet"), None, False),
+    ("verbose", bool, ("-v", "--verbose"), None, False),
 ]
 COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
     (name, Annotated[kind, typer.Option(*decls, help=HELP[name], metavar=metavar, show_default=False)], default)
@@ -162,6 +164,7 @@ class Options:
     force: bool = False
     json_out: bool = False
     quiet: bool = False
+    verbose: bool = False
 
 
 SETTING_FLAGS = ("model", "size", "frames", "fps", "steps", "guidance", "shift", "solver", "seed", "negative_prompt",

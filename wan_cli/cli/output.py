@@ -8,8 +8,22 @@ from typing import Any
 
 from rich.console import Console
 
-# Progress, logs, warnings and hints: stderr, so that `wan … | while read -r f` only sees results.
-stderr = Console(stderr=True, highlight=False)
+# Progress, logs, warnings and hints: stderr, so that `wan … | while read -r f` only sees results. Not hard-wrapped:
+# a terminal wraps long lines itself, and a log file or a pipe gets each message on one line.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def show_engine_log() -> None:
+    """``-v``: the engine's log (loads, moves, releases, memory-mode and backend decisions) on stderr."""
+    import logging
+
+    log = logging.getLogger("wan_cli")
+    if not any(getattr(h, "wan_verbose", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        handler.wan_verbose = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
 
 
 def emit_json(record: dict[str, Any]) -> None:

@@ -90,26 +90,13 @@ def check_writable(paths: Iterable[Path], force: bool) -> None:
                              hint="choose a shorter name with -o")  # fmt: skip
 
 
-def same_file(a: Path, b: Path) -> bool:
-    """Whether two paths name one file: the same path after resolving symlinks, or the same inode (hard links)."""
-    try:
-        if a.resolve() == b.resolve():
-            return True
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def check_not_inputs(outputs: Iterable[Path], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
-    """No output may be one of the run's input files, with or without --force."""
-    ins = [Path(i).expanduser() for i in inputs if i is not None and str(i) not in ("", "-")]
+    """No output may be one of the run's input files (same path, symlink or hard link), with or without --force."""
+    from ..engine.outputs import check_not_input
+
+    files = [i for i in inputs if i is not None and str(i) not in ("", "-") and not Path(i).expanduser().is_dir()]
     for out in outputs:
-        for src in ins:
-            if not src.is_dir() and same_file(out, src):
-                raise InputError(
-                    f"{out} is one of this run's inputs ({src})",
-                    hint="choose another output path (inputs are never overwritten, even with --force)",
-                )
+        check_not_input(out, files)
 
 
 class Outputs:

@@ -19,7 +19,7 @@ from ..engine.errors import InputError
 from ..presets import Values, env_values
 from .errors import UsageError, run_guarded
 from .options import HELP, vae_tiling
-from .output import Progress, emit_json, emit_line, stderr
+from .output import Progress, emit_json, emit_line, show_engine_log, stderr
 from .outputs import Outputs, check_not_inputs, check_writable
 
 if TYPE_CHECKING:
@@ -41,12 +41,31 @@ DtypeOpt = Annotated[str | None, typer.Option("--dtype", metavar="auto|bf16|fp16
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON record instead of the path.")]
 QuietOpt = Annotated[bool, typer.Option("-q", "--quiet", help="Print only the output path; no progress.")]
+VerboseOpt = Annotated[bool, typer.Option("-v", "--verbose", help=HELP["verbose"])]
 TileOpt = Annotated[int | None, typer.Option("--vae-tile", metavar="PX", show_default=False, help=HELP["vae_tile"])]
 
 
-def _load_vae(model: str | None, vae: Path | None, device: str | None,
+def resolve_device(device: str | None) -> str:
+    """--device (or WAN_DEVICE) → the device to run on; a bad value is a usage error."""
+    from .generate import pick_device
+
+    try:
+        dev = Values.model_validate({"device": device}).device if device else env_values().device
+    except Exception:
+        raise UsageError(f"invalid value for --device: {device!r}", hint="use auto, cuda, cpu or mps") from None
+    return pick_device(dev or "auto")
+
+
+def check_size(width: int, height: int, frames: int, device: str, vae_tile: int | None, what: str) -> None:
+    """Frames too large for the device's memory whatever happens are refused before anything is loaded."""
+    from ..engine import check_fits
+
+    check_fits(width, height, frames, device, tile=vae_tile, what=what)
+
+
+def _load_vae(model: str | None, vae: Path | None, device: str,
               dtype: str | None = None) -> tuple[WanVAE, str, str, str]:  # fmt: skip
-    """The VAE on the chosen device in the chosen dtype → (vae, weights path, model label, dtype name)."""
+    """The VAE on ``device`` in the chosen dtype → (vae, weights path, model label, dtype name)."""
     import torch
 
     from ..engine import tune_host_allocator
@@ -55,13 +74,8 @@ def _load_vae(model: str | None, vae: Path | None, device: str | None,
 
     from ..engine.checkpoints import load_vae
     from ..hub import resolve_model
-    from .generate import pick_device
 
     env = env_values()
-    try:
-        dev = Values.model_validate({"device": device}).device if device else env.device
-    except Exception:
-        raise UsageError(f"invalid value for --device: {device!r}", hint="use auto, cuda, cpu or mps") from None
     check_dtype(dtype)
     name = dtype or (env.dtype if env.dtype in VAE_DTYPES else "auto")
     spec = model or env.model or "1.3b-t2v"
@@ -74,7 +88,7 @@ def _load_vae(model: str | None, vae: Path | None, device: str | None,
             raise InputError(f"{spec} has no VAE weights", hint="pass the VAE file with --vae PATH")
         path, label = found, files.name or spec
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name, torch.float32)
-    loaded = load_vae(path, device=pick_device(dev or "auto"), dtype=torch_dtype)
+    loaded = load_vae(path, device=device, dtype=torch_dtype)
     return loaded, str(path), label, str(torch_dtype).removeprefix("torch.")
 
 
@@ -130,6 +144,7 @@ def encode(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Video → latents (safetensors, `latents` [16, F, H/8, W/8], normalised).
 
@@ -139,6 +154,8 @@ def encode(
 
       wan encode clip.mp4 -o clip.safetensors --size 832x480 --frames 81
     """
+    if verbose:
+        show_engine_log()
     run_guarded(lambda: _encode(video, output, model, size, frames, vae, device, force, json_out, quiet, vae_tile,
                                 dtype), stderr)  # fmt: skip
 
@@ -176,7 +193,9 @@ def _encode(video: Path, output: Path, model: str | None, size: str | None, fram
         wh = (src_w // 16 * 16, src_h // 16 * 16)
         if 0 in wh:
             raise InputError(f"{video} is {src_w}x{src_h}: too small", hint="the VAE needs at least 16x16 frames")
-    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, device, dtype)
+    dev = resolve_device(device)
+    check_size(wh[0], wh[1], frames or 1, dev, vae_tile, f"encoding {video.name}")
+    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, dev, dtype)
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     encoder = model_vae.stream_encoder(tiling)
@@ -227,6 +246,7 @@ def decode(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Latents → MP4 (H.264, yuv420p), decoded and written one latent frame at a time.
 
@@ -236,6 +256,8 @@ def decode(
 
       wan t2v "a cat" --save-latents cat.safetensors && wan decode cat.safetensors -o cat-24fps.mp4 --fps 24
     """
+    if verbose:
+        show_engine_log()
     run_guarded(lambda: _decode(latents, output, model, fps, vae, device, force, json_out, quiet, vae_tile, dtype),
                 stderr)  # fmt: skip
 
@@ -259,9 +281,11 @@ def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae:
     check_not_inputs([output, sidecar], [path, vae])
     t0 = time.perf_counter()
     lat = read_latents_info(path)  # the header only: latent frames are read one at a time below
+    dev = resolve_device(device)
+    check_size(lat.width, lat.height, lat.frames, dev, vae_tile, f"decoding {path.name}")
     for _ in iter_latents(lat, chunk=8):  # a quick pass for NaN/Inf before any model is loaded (memory: 8 frames)
         pass
-    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, device, dtype)
+    model_vae, vae_path, label, dtype_name = _load_vae(model, vae, dev, dtype)
     t_load = time.perf_counter() - t0
     rate = fps if fps is not None else lat.fps
     record: dict[str, Any] = {

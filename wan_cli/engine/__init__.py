@@ -26,7 +26,7 @@ _EXPORTS = {
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
     "errors": ("CheckpointError", "InputError", "WanError"),
     "layouts": ("Component",),
-    "memory": ("tune_host_allocator",),
+    "memory": ("check_fits", "tune_host_allocator"),
     "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
     "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
     "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
@@ -53,6 +53,7 @@ __all__ = [
     "WanModel",
     "WanVAE",
     "WanVAEConfig",
+    "check_fits",
     "check_frame_count",
     "find_components",
     "generate",
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
     from .errors import CheckpointError, InputError, WanError
     from .layouts import Component
-    from .memory import tune_host_allocator
+    from .memory import check_fits, tune_host_allocator
     from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
     from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
     from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count

@@ -14,7 +14,8 @@ Format ``wan-latents/1``: a safetensors file holding one tensor and string metad
   ``model``   the model that made or will read them
   ``record``  optional: the full settings record, as JSON
 
-Files are written to a hidden temp file beside the target and renamed onto it, so a target is never half-written.
+Files are written to a hidden temp file beside the target and renamed onto it, so a target is never half-written;
+any failure (a full disk, Ctrl-C, SIGTERM) deletes the temp files. :class:`LatentsWriter` insists on ``.safetensors``.
 
 Long videos: :class:`LatentsWriter` takes latent frames one at a time and spills them to a raw temp file, then
 writes the safetensors file (header + channel-major data) from it; :func:`read_latents_info` reads only the header
@@ -31,14 +32,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .outputs import check_extension, check_output_path, close_quietly, remove_quietly, temp_beside
+from .outputs import check_not_input as check_not_input  # re-exported beside the writers, as in video.py
 from .vae import LATENT_CHANNELS, SPATIAL_STRIDE, TEMPORAL_STRIDE
-from .video import check_output_path, temp_beside
 
 FORMAT = "wan-latents/1"
 _SHAPE = "[16, F, H/8, W/8]"
@@ -135,10 +137,14 @@ def save_latents(
         save_file({"latents": x}, str(tmp), metadata=meta)
         os.replace(tmp, target)
     except OSError as e:
-        raise InputError(f"cannot write {target}: {e.strerror or e}", hint="check free disk space") from e
+        raise _disk_error(target, e) from e
     finally:
-        tmp.unlink(missing_ok=True)  # gone already after the rename; left only by a failure
+        remove_quietly([tmp])  # gone already after the rename; left only by a failure
     return target
+
+
+def _disk_error(target: Path, e: OSError) -> InputError:
+    return InputError(f"cannot write {target}: {e.strerror or e}", hint="check free disk space")
 
 
 def _number(meta: dict[str, str], key: str, where: Path) -> float | None:
@@ -235,16 +241,19 @@ class LatentsWriter:
 
     Frames are appended to a raw float32 temp file (frame-major); ``finish()`` writes the safetensors file — an
     8-byte little-endian header length, the JSON header, then the tensor channel-major as [16, F, h, w] — by
-    reading each channel's frames back from that file, and renames it onto the target. Leaving the ``with`` block
-    by an exception (or Ctrl-C) deletes both temp files.
+    reading each channel's frames back from that file, and renames it onto the target. Any exception or
+    BaseException in ``append`` or ``finish`` (a full disk, Ctrl-C, SIGTERM), or leaving the ``with`` block
+    unfinished, deletes both temp files; the interrupt itself is what comes out, never a cleanup error.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, force: bool = False) -> None:
         self.path = check_output_path(path, force=force)
+        check_extension(self.path, ".safetensors", "a latents file")
         self.force = force
         self._raw = temp_beside(self.path)
         self._out = temp_beside(self.path)
-        self._file = self._raw.open("wb")
+        self._file: IO[bytes] | None = None  # the raw spill file, opened by the first frame
+        self._closed = False
         self.frame_shape: tuple[int, int] | None = None
         self.count = 0
 
@@ -252,27 +261,52 @@ class LatentsWriter:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if kind is not None:
-            self.abort()
+        self.abort()  # after finish() only the spent temp names are left; without it, nothing may stay behind
 
     def append(self, frame: torch.Tensor) -> None:
-        """One latent frame [16, h, w] (any float dtype, any device)."""
-        x = frame.detach().to("cpu", torch.float32)
-        if x.ndim != 3 or x.shape[0] != LATENT_CHANNELS:
-            raise InputError(f"a latent frame must be [16, h, w], got {list(x.shape)}")
-        if self.frame_shape is None:
-            self.frame_shape = (x.shape[1], x.shape[2])
-        elif (x.shape[1], x.shape[2]) != self.frame_shape:
-            raise InputError(f"latent frame {self.count} is {list(x.shape)}, the first was {self.frame_shape}")
-        bad = int((~torch.isfinite(x)).sum())
-        if bad:
-            raise InputError(f"latent frame {self.count} has {bad} NaN/infinite values",
-                             hint="the encoder diverged: check the input video and the VAE weights")  # fmt: skip
-        self._file.write(x.contiguous().numpy().tobytes())
+        """One latent frame [16, h, w] (any float dtype, any device). A writer that raised is aborted."""
+        if self._closed:
+            raise ValueError(f"append to a finished or aborted LatentsWriter ({self.path})")
+        try:
+            x = frame.detach().to("cpu", torch.float32)
+            if x.ndim != 3 or x.shape[0] != LATENT_CHANNELS:
+                raise InputError(f"a latent frame must be [16, h, w], got {list(x.shape)}")
+            if self.frame_shape is None:
+                self.frame_shape = (x.shape[1], x.shape[2])
+            elif (x.shape[1], x.shape[2]) != self.frame_shape:
+                raise InputError(f"latent frame {self.count} is {list(x.shape)}, the first was {self.frame_shape}")
+            bad = int((~torch.isfinite(x)).sum())
+            if bad:
+                raise InputError(f"latent frame {self.count} has {bad} NaN/infinite values",
+                                 hint="the encoder diverged: check the input video and the VAE weights")  # fmt: skip
+            if self._file is None:
+                self._file = self._raw.open("xb")
+            self._file.write(x.contiguous().numpy().tobytes())
+        except OSError as e:
+            self.abort()
+            raise _disk_error(self.path, e) from e
+        except BaseException:
+            self.abort()
+            raise
         self.count += 1
 
     def finish(self, *, fps: float, source: str, model: str, record: dict[str, Any] | None = None) -> Path:
-        if self.frame_shape is None:
+        """Write the safetensors file and rename it onto the target; returns the path written."""
+        if self._closed:
+            raise ValueError(f"finish of a finished or aborted LatentsWriter ({self.path})")
+        try:
+            self._finish(fps, source, model, record)
+        except OSError as e:
+            self.abort()
+            raise _disk_error(self.path, e) from e
+        except BaseException:
+            self.abort()
+            raise
+        self.abort()  # the target is in place: only the raw spill file is left to delete
+        return self.path
+
+    def _finish(self, fps: float, source: str, model: str, record: dict[str, Any] | None) -> None:
+        if self.frame_shape is None or self._file is None:
             raise InputError("no latent frames were written", hint="the input had no frames")
         h, w = self.frame_shape
         shape = (LATENT_CHANNELS, self.count, h, w)
@@ -281,27 +315,31 @@ class LatentsWriter:
         header = json.dumps({"__metadata__": meta, "latents": {"dtype": "F32", "shape": list(shape),
                                                                 "data_offsets": [0, nbytes]}}).encode()  # fmt: skip
         header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned
+        self._file.close()  # ENOSPC can come here, with the last buffered frames
+        frames = np.memmap(self._raw, dtype=np.float32, mode="r", shape=(self.count, LATENT_CHANNELS, h, w))
+        out = self._out.open("xb")
         try:
-            self._file.close()
-            frames = np.memmap(self._raw, dtype=np.float32, mode="r", shape=(self.count, LATENT_CHANNELS, h, w))
-            with self._out.open("wb") as out:
-                out.write(struct.pack("<Q", len(header)) + header)
-                step = max(1, (64 << 20) // (4 * h * w))  # ≤ 64 MB read per slice
-                for c in range(LATENT_CHANNELS):
-                    for f0 in range(0, self.count, step):
-                        out.write(np.ascontiguousarray(frames[f0 : f0 + step, c]).tobytes())
+            out.write(struct.pack("<Q", len(header)) + header)
+            step = max(1, (64 << 20) // (4 * h * w))  # ≤ 64 MB read per slice
+            for c in range(LATENT_CHANNELS):
+                for f0 in range(0, self.count, step):
+                    out.write(np.ascontiguousarray(frames[f0 : f0 + step, c]).tobytes())
+        except BaseException:
+            close_quietly(out)  # not `with`: its close would raise ENOSPC again, over an interrupt
+            raise
+        finally:
             del frames
-            os.replace(self._out, self.path)
-        except OSError as e:
-            self.abort()
-            raise InputError(f"cannot write {self.path}: {e.strerror or e}", hint="check free disk space") from e
-        self._raw.unlink(missing_ok=True)
-        return self.path
+        out.close()  # ENOSPC can come here too
+        if self.path.exists() and not self.force:  # appeared while we were writing: still never clobber it
+            raise InputError(f"{self.path} already exists", hint="pass --force to overwrite it")
+        os.replace(self._out, self.path)
 
     def abort(self) -> None:
-        self._file.close()
-        for tmp in (self._raw, self._out):
-            tmp.unlink(missing_ok=True)
+        """Close and delete the temp files; the target is left as it was (or as finish() made it). Safe to repeat."""
+        self._closed = True
+        if self._file is not None:
+            close_quietly(self._file)
+        remove_quietly([self._raw, self._out])
 
 
 def read_latents_info(path: str | os.PathLike[str]) -> LatentsInfo:

@@ -253,3 +253,58 @@ def choose_offload(free: int, dit_bytes: int, dim: int, ffn_dim: int, tokens: in
     if free >= dit_bytes + dit_activation_bytes(dim, ffn_dim, tokens) + MARGIN_BYTES:
         return "model"
     return "blocks"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Refusing what cannot fit, before anything is allocated
+# --------------------------------------------------------------------------------------------------------------------
+
+VAE_FULL_RES_CHANNELS = 96  # the VAE's channels at full resolution (dim · dim_mult[0]): its widest tensors
+
+
+def least_bytes(width: int, height: int, frames: int, *, dim: int | None = None, ffn_dim: int = 0,
+                tile: int | None = None) -> dict[str, int]:  # fmt: skip
+    """A lower bound of the memory each phase of one video holds at once beyond the weights: the DiT's activations
+    (fp32 residual stream, attention output, FFN hidden layer: ``tokens · (3·dim + ffn_dim) · 4`` bytes) and the VAE's
+    at full resolution (input, output and causal cache of one 96-channel fp32 frame, or of one tile with
+    ``tile``). Phases run one after another, so a run needs at least the largest."""
+    side_h, side_w = (min(tile, height), min(tile, width)) if tile else (height, width)
+    need = {"vae": 3 * VAE_FULL_RES_CHANNELS * side_h * side_w * 4}
+    if dim is not None:
+        tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+        need["dit"] = tokens * (3 * dim + ffn_dim) * 4
+    return need
+
+
+def memory_of(device: str | torch.device) -> int | None:
+    """Total bytes of the device's memory (the machine's RAM for the CPU); None where it cannot be told."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev).total_memory)
+    if dev.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            return None
+    return None
+
+
+def check_fits(width: int, height: int, frames: int, device: str | torch.device, *, dim: int | None = None,
+               ffn_dim: int = 0, tile: int | None = None, what: str = "this run") -> None:  # fmt: skip
+    """Refuse a size that cannot fit on ``device`` whatever the memory mode, with the estimate in the message."""
+    need = least_bytes(width, height, frames, dim=dim, ffn_dim=ffn_dim, tile=tile)
+    have = memory_of(device)
+    phase, peak = max(need.items(), key=lambda kv: kv[1])
+    if have is None or peak <= have:
+        return
+    from .errors import InputError
+
+    parts = {"vae": f"the VAE's frame{' tile' if tile else ''} ~{need['vae'] / 2**30:,.1f} GiB"}
+    if "dit" in need:
+        parts["dit"] = f"the DiT's activations ~{need['dit'] / 2**30:,.1f} GiB"
+    raise InputError(
+        f"{what} ({width}x{height}, {frames} frames) needs at least ~{peak / 2**30:,.1f} GiB on {torch.device(device)} "
+        f"({', '.join(parts.values())}); it has {have / 2**30:,.1f} GiB",
+        hint="use a smaller --size" + (" or --vae-tile 256" if phase == "vae" and not tile else "")
+        + (" or fewer --frames" if phase == "dit" else ""),
+    )  # fmt: skip

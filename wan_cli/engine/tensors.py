@@ -156,15 +156,15 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:
         text = str(exc)
         code = re.search(r"GLOBAL ([\w.]+)", text)  # what the pickle would have called
-        if code is not None or "Weights only load failed" in text:
-            what = f"a call to {code.group(1)}" if code else "objects other than tensors"
+        if code is not None:
             raise CheckpointError(
-                f"{path} holds pickled code ({what}), which wan never runs",
+                f"{path} holds pickled code (a call to {code.group(1)}), which wan never runs",
                 hint="use the model's .safetensors file, or a plain state-dict .pth",
             ) from exc
-        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        why = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)  # torch's reason, whole
+        reason = why.group(1) if why else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
-            f"{path} is not a readable PyTorch weights file ({type(exc).__name__}: {first})",
+            f"{path} is not a readable PyTorch weights file ({reason})",
             hint="the file looks truncated or corrupted, or is not a plain state dict; download it again",
         ) from exc
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
