@@ -476,3 +476,18 @@ def test_verbose_shows_the_engine_log_and_stderr_is_not_hard_wrapped(model: Path
     assert any("seed 1" in line and str(out) in line for line in result.stderr.splitlines())  # one line, unwrapped
     record = json.loads(out.with_suffix(".json").read_text())
     assert {"load_s", "text_encode_s", "denoise_s"} <= set(record["timings"])
+
+
+def test_decode_writes_a_sidecar_like_every_video(tmp: Path) -> None:
+    from wan_cli.engine.latents import save_latents
+
+    vae = write_comfy_vae(random_vae(tiny_vae_config()), tmp / "vae.safetensors")
+    lat = tmp / "gen.safetensors"
+    save_latents(lat, torch.randn(16, 2, 4, 6) * 0.5, fps=16, source="t2v", model="tiny", record={"seed": 5})
+    out = tmp / "clip.mp4"
+    result = runner.invoke(app, ["decode", str(lat), "-o", str(out), "--vae", str(vae), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.with_suffix(".json").read_text()) == json.loads(result.stdout)
+    assert json.loads(result.stdout)["sidecar"] == str(out.with_suffix(".json"))
+    again = runner.invoke(app, ["decode", str(lat), "-o", str(out), "--vae", str(vae)])
+    assert again.exit_code == 1 and "already exists" in again.stderr  # the sidecar is not clobbered either

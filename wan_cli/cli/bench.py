@@ -98,6 +98,9 @@ def bench(
 
       wan bench --device cpu --size 256x256 --frames 9 --steps 1 --no-vae
     """
+    from ..engine import tune_host_allocator
+
+    tune_host_allocator()  # as the other computing commands: RSS is what is really held (engine/memory.py)
     record = run_guarded(lambda: _bench(model, size, frames, steps, weights, device, dtype, attention,
                                         text_encoder, vae, compile, json_out, offload, fp8_matmul), stderr)  # fmt: skip
     emit_json(record)
