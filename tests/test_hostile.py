@@ -491,3 +491,14 @@ def test_decode_writes_a_sidecar_like_every_video(tmp: Path) -> None:
     assert json.loads(result.stdout)["sidecar"] == str(out.with_suffix(".json"))
     again = runner.invoke(app, ["decode", str(lat), "-o", str(out), "--vae", str(vae)])
     assert again.exit_code == 1 and "already exists" in again.stderr  # the sidecar is not clobbered either
+
+
+def test_help_shows_the_defaults_of_the_commands_preset() -> None:
+    t2v = " ".join(runner.invoke(app, ["t2v", "--help"]).stdout.split())
+    i2v = " ".join(runner.invoke(app, ["i2v", "--help"]).stdout.split())
+    # presets/t2v-1.3b-480p.yaml: 50 steps, guidance 6, shift 8; presets/i2v-14b-480p.yaml: 40 steps, shift 3
+    assert "Sampling steps. Default: 50 (preset t2v-1.3b-480p" in t2v and "Default: 6 (preset t2v-1.3b-480p" in t2v
+    assert "Sampling steps. Default: 40 (preset i2v-14b-480p" in i2v and "Default: 3 (preset i2v-14b-480p" in i2v
+    assert "Usage: wan i2v [OPTIONS] [IMAGE]" in i2v
+    encode = runner.invoke(app, ["encode", "--help"]).stdout
+    assert "Usage: wan encode [OPTIONS] VIDEO" in encode and "{VIDEO}" not in encode

@@ -13,7 +13,7 @@ import typer
 from .. import __version__
 from . import bench, generate, info, models, vae
 from .errors import EXIT_SIGNAL
-from .output import emit_line
+from .output import PlainUsage, emit_line
 
 app = typer.Typer(
     name="wan",
@@ -45,16 +45,16 @@ def main_callback(
     """Run the Wan 2.1 video models from the terminal."""
 
 
-app.command("t2v")(generate.t2v)
-app.command("i2v")(generate.i2v)
-app.command("encode")(vae.encode)
-app.command("decode")(vae.decode)
-app.command("download")(models.download)
-app.command("models")(models.models)
+app.command("t2v", cls=PlainUsage)(generate.t2v)
+app.command("i2v", cls=PlainUsage)(generate.i2v)
+app.command("encode", cls=PlainUsage)(vae.encode)
+app.command("decode", cls=PlainUsage)(vae.decode)
+app.command("download", cls=PlainUsage)(models.download)
+app.command("models", cls=PlainUsage)(models.models)
 app.add_typer(info.presets_app, name="presets")
-app.command("inspect")(info.inspect)
-app.command("bench")(bench.bench)
-app.command("env")(info.env)
+app.command("inspect", cls=PlainUsage)(info.inspect)
+app.command("bench", cls=PlainUsage)(bench.bench)
+app.command("env", cls=PlainUsage)(info.env)
 
 
 def main() -> None:

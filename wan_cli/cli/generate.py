@@ -510,7 +510,7 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@with_common_options
+@with_common_options(preset="t2v-1.3b-480p")
 def t2v(
     prompt: Annotated[
         str | None,
@@ -537,7 +537,7 @@ def t2v(
     run_guarded(lambda: start("t2v", prompt, None, None, opts), stderr)
 
 
-@with_common_options
+@with_common_options(preset="i2v-14b-480p")
 def i2v(
     image: Annotated[
         str | None,

@@ -25,7 +25,7 @@ from ..presets import (
     sources,
 )
 from .errors import run_guarded
-from .output import emit_json, emit_line, stderr
+from .output import PlainUsage, emit_json, emit_line, stderr
 
 presets_app = typer.Typer(
     help="The settings bundles for each model and size.\n\nExamples:\n\n  wan presets list\n\n"
@@ -38,7 +38,7 @@ presets_app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-@presets_app.command("list")
+@presets_app.command("list", cls=PlainUsage)
 def presets_list(json_out: JsonOpt = False) -> None:
     """Every preset: shipped ones and those in $WAN_CLI_HOME/presets/."""
 
@@ -60,7 +60,7 @@ def presets_list(json_out: JsonOpt = False) -> None:
         emit_line(f"{r['name']:<{width}}  {r.get('description') or ''}")
 
 
-@presets_app.command("show")
+@presets_app.command("show", cls=PlainUsage)
 def presets_show(
     name: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A preset name or a YAML file.")],
     json_out: JsonOpt = False,

@@ -84,10 +84,32 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("quiet", bool, ("-q", "--quiet"), None, False),
     ("verbose", bool, ("-v", "--verbose"), None, False),
 ]
-COMMON_OPTIONS: list[tuple[str, Any, Any]] = [
-    (name, Annotated[kind, typer.Option(*decls, help=HELP[name], metavar=metavar, show_default=False)], default)
-    for name, kind, decls, metavar, default in _COMMON
-]
+
+
+def _option(name: str, kind: Any, decls: tuple[str, ...], metavar: str | None, extra: str = "") -> Any:
+    return Annotated[kind, typer.Option(*decls, help=HELP[name] + extra, metavar=metavar, show_default=False)]
+
+
+PRESET_SETTINGS = ("size", "frames", "fps", "steps", "guidance", "shift", "solver")  # what a model's preset sets
+
+
+def preset_defaults(preset: str) -> dict[str, str]:
+    """``--help``'s default for each setting a preset sets: the value of the command's default model's preset (every
+    model has its own: the help names the preset and where to see the others). Empty if it cannot be read."""
+    from ..presets import load_preset
+
+    try:
+        _, values = load_preset(preset)
+    except Exception:  # a broken user override of a shipped preset must not break --help
+        return {}
+    shown = {}
+    for key in PRESET_SETTINGS:
+        value = getattr(values, key, None)
+        if value is not None:
+            text = "{}x{}".format(*value) if key == "size" else f"{value:g}" if isinstance(value, float) else value
+            shown[key] = f" Default: {text} (preset {preset}; each model has its own: `wan presets show`)."
+    return shown
+
 
 # What people type out of habit from the official generate.py and diffusers' examples → the wan option that does it.
 # Accepted (hidden) only to answer with that option, as a usage error; (where from, wan's option, takes a value).
@@ -121,19 +143,29 @@ def refuse_peer_options(raw: dict[str, Any]) -> None:
         raise UsageError(f"{given[0]} is an option of {where}, not of wan", hint=f"wan's option for it: {ours}")
 
 
-def with_common_options(fn: Callable[..., None]) -> Callable[..., None]:
-    """Give ``fn(own args, **opts)`` a signature Typer can read: its own parameters, then COMMON_OPTIONS."""
-    own = [
-        p
-        for p in inspect.signature(fn, eval_str=True).parameters.values()
-        if p.kind is not inspect.Parameter.VAR_KEYWORD
-    ]
-    common = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
-        for n, a, d in (*COMMON_OPTIONS, *_PEER_COMMON)
-    ]
-    fn.__signature__ = inspect.Signature([*own, *common])  # type: ignore[attr-defined]
-    return fn
+def with_common_options(preset: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give ``fn(own args, **opts)`` a signature Typer can read: its own parameters, then the common options, whose
+    help shows the defaults of ``preset`` (the command's default model's)."""
+    defaults = preset_defaults(preset)
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            p
+            for p in inspect.signature(fn, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
+        common = [
+            (name, _option(name, kind, decls, metavar, defaults.get(name, "")), default)
+            for name, kind, decls, metavar, default in _COMMON
+        ]
+        params = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, annotation=a, default=d)
+            for n, a, d in (*common, *_PEER_COMMON)
+        ]
+        fn.__signature__ = inspect.Signature([*own, *params])  # type: ignore[attr-defined]
+        return fn
+
+    return wrap
 
 
 @dataclass

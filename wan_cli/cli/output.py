@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from typer.core import TyperCommand
 
 # Progress, logs, warnings and hints: stderr, so that `wan … | while read -r f` only sees results. Not hard-wrapped:
 # a terminal wraps long lines itself, and a log file or a pipe gets each message on one line.
@@ -93,3 +94,11 @@ class Progress:
         if phase != self._phase:
             self.phase(phase, total)
         self._bar.update(self._task, completed=done, total=total)
+
+
+class PlainUsage(TyperCommand):
+    """Usage lines as every other tool writes them: ``wan encode [OPTIONS] VIDEO``, not Typer 0.29's ``{VIDEO}``."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
