@@ -502,3 +502,32 @@ def test_help_shows_the_defaults_of_the_commands_preset() -> None:
     assert "Usage: wan i2v [OPTIONS] [IMAGE]" in i2v
     encode = runner.invoke(app, ["encode", "--help"]).stdout
     assert "Usage: wan encode [OPTIONS] VIDEO" in encode and "{VIDEO}" not in encode
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_encode_and_decode_stopped_leave_nothing(tmp: Path, monkeypatch: pytest.MonkeyPatch, stop: str) -> None:
+    from wan_cli.engine.latents import LatentsWriter, save_latents
+    from wan_cli.engine.video import VideoWriter
+
+    exc, code = STOPS[stop]
+    inputs = tmp / "in"
+    inputs.mkdir()
+    vae = write_comfy_vae(random_vae(tiny_vae_config()), inputs / "vae.safetensors")
+    clip = _video(inputs / "clip.mp4")
+    lat = save_latents(inputs / "lat.safetensors", torch.randn(16, 2, 4, 4) * 0.5, fps=16, source="t2v", model="m",
+                       record={}) or inputs / "lat.safetensors"  # fmt: skip
+    before = files_in(tmp)
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise exc
+
+    with monkeypatch.context() as m:
+        m.setattr(LatentsWriter, "append", boom)
+        result = runner.invoke(app, ["encode", str(clip), "-o", str(tmp / "a" / "b" / "x.safetensors"), "--vae",
+                                     str(vae), "-q"])  # fmt: skip
+    assert (result.exit_code, result.stderr.strip()) == (code, "Error: interrupted")
+    with monkeypatch.context() as m:
+        m.setattr(VideoWriter, "write", boom)
+        result = runner.invoke(app, ["decode", str(lat), "-o", str(tmp / "c" / "y.mp4"), "--vae", str(vae), "-q"])
+    assert (result.exit_code, result.stderr.strip()) == (code, "Error: interrupted")
+    assert files_in(tmp) == before  # no latents, video, sidecar, temp file or folder
