@@ -141,7 +141,7 @@ def test_on_a_cpu_only_the_options_not_given_are_picked(monkeypatch: pytest.Monk
 
 
 def test_a_gpu_keeps_the_presets_workload(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("wan_cli.cli.generate.pick_device", lambda name: "mps")  # any device that is not the CPU
+    monkeypatch.setattr("wan_cli.cli.plan.pick_device", lambda name: "mps")  # any device that is not the CPU
     req, result = _captured(monkeypatch, ["bench"])
     assert (req.width, req.height, req.frames, req.steps) == (832, 480, 81, 2) and req.notes == []
     assert "small workload" not in result.stderr  # type: ignore[attr-defined]

@@ -270,17 +270,19 @@ def test_an_unwritable_output_folder_is_reported_once(model: Path, tmp: Path) ->
 
 
 def test_planning_a_long_batch_costs_milliseconds_per_item(model: Path, tmp: Path) -> None:
-    from wan_cli.cli import generate
+    from wan_cli.cli import options, plan
+    from wan_cli.cli.items import read_prompts_file
+    from wan_cli.presets import env_values
 
     prompts = tmp / "p.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(300)))
-    opts = generate.Options(
+    opts = options.Options(
         model=str(model), output=str(tmp) + "/", prompts=str(prompts), size="64x32", frames=5, steps=2
     )
-    run = generate.Run("t2v", opts, generate.flag_values(opts), generate.env_values(), None, batch=True)
-    items = generate.read_prompts_file(str(prompts))
+    run = plan.Run("t2v", opts, options.flag_values(opts), env_values(), None, batch=True)
+    items = read_prompts_file(str(prompts))
     t0 = time.perf_counter()
-    jobs, failures = generate.plan_all(run, items)
+    jobs, failures = plan.plan_all(run, items)
     per_item = (time.perf_counter() - t0) / len(items)
     assert (len(jobs), failures) == (300, 0) and per_item < 0.02, per_item
 

@@ -293,7 +293,7 @@ def test_a_surrogate_in_a_batch_is_reported_and_the_batch_goes_on(tmp: Path, mon
     """End to end up to planning: the bad line fails with its line number, the good ones are planned."""
     from typer.testing import CliRunner
 
-    from wan_cli.cli import generate
+    from wan_cli.cli import plan as planning
     from wan_cli.cli.app import app
 
     planned: list[str] = []
@@ -304,7 +304,7 @@ def test_a_surrogate_in_a_batch_is_reported_and_the_batch_goes_on(tmp: Path, mon
         planned.append(item.prompt)
         raise InputError("stop here", hint="test")
 
-    monkeypatch.setattr(generate, "plan", fake_plan)
+    monkeypatch.setattr(planning, "plan", fake_plan)
     path = tmp / "p.jsonl"
     path.write_text('{"prompt": "a cat"}\n{"prompt": "bad \\ud800"}\n' + json.dumps({"prompt": "a dog"}) + "\n")
     result = CliRunner().invoke(app, ["t2v", "--prompts", str(path), "-o", str(tmp) + "/"])

@@ -119,7 +119,7 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int | None, 
     from ..engine.transformer import DIT_CONFIGS
     from ..presets import Values, load_preset
     from ..registry import get
-    from .generate import pick_device
+    from .plan import pick_device
 
     try:
         spec = get(model)

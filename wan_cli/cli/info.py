@@ -73,7 +73,7 @@ def presets_show(
         preset_name, values = load_preset(name)
         if not is_preset_file(name):
             return preset_name, values, [(f"preset {preset_name}", values)], resolve(values, preset=preset_name)
-        from .generate import DEFAULT_MODEL, auto_preset
+        from .plan import DEFAULT_MODEL, auto_preset
 
         task = values.task or "t2v"
         found = auto_preset(values.model or DEFAULT_MODEL[task], task, values.size)

@@ -47,7 +47,7 @@ TileOpt = Annotated[int | None, typer.Option("--vae-tile", metavar="PX", show_de
 
 def resolve_device(device: str | None) -> str:
     """--device (or WAN_DEVICE) → the device to run on; a bad value is a usage error."""
-    from .generate import pick_device
+    from .plan import pick_device
 
     try:
         dev = Values.model_validate({"device": device}).device if device else env_values().device

@@ -1,0 +1,303 @@
+"""Planning the items of a `wan t2v` / `wan i2v` run, all before anything is loaded: settings layers, model files
+(and a ComfyUI tree's siblings), seed, output names checked (no clobbering, inputs never outputs, one writer per
+file), text checked, a size that cannot fit refused, the request validated, images opened. What items share is read
+once (``Run.memo``)."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ..engine.errors import InputError, Interrupted, WanError
+from ..presets import Settings, Values, is_preset_file, list_presets, load_preset, resolve
+from .errors import debug_enabled, report
+from .items import Item
+from .options import Options, vae_tiling
+from .output import stderr
+from .outputs import batch_folder, check_not_inputs, check_writable, inside, target
+
+if TYPE_CHECKING:
+    from ..engine import Component
+    from ..engine.pipeline import GenerationRequest, Pipeline
+    from ..hub import ModelFiles
+
+T = TypeVar("T")
+# The model each command uses when neither -m, WAN_MODEL nor a preset names one.
+DEFAULT_MODEL = {"t2v": "1.3b-t2v", "i2v": "14b-i2v-480p", "flf2v": "14b-flf2v-720p"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Planning one item: settings, model files, seed, output paths, request — all before anything is loaded
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the whole command shares: options, settings layers, and models kept across items."""
+
+    command: str  # "t2v" or "i2v"
+    opts: Options
+    flags: Values
+    env: Values
+    preset: tuple[str, Values] | None  # explicit -p
+    image: str | None = None
+    last_frame: str | None = None
+    batch: bool = False
+    pipelines: dict[tuple[str, str, bool], Pipeline] = field(default_factory=dict)
+    _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+    def memo(self, key: tuple[Any, ...], fn: Callable[[], T]) -> T:
+        """``fn()`` once per key for the whole run (its result, or the error it raised): planning 10,000 items must
+        not re-read the same headers, presets and images 10,000 times."""
+        if key not in self._memo:
+            try:
+                self._memo[key] = (True, fn())
+            except WanError as exc:
+                self._memo[key] = (False, exc)
+        ok, value = self._memo[key]
+        if not ok:
+            raise value
+        return value
+
+
+@dataclass
+class Job:
+    item: Item
+    settings: Settings
+    files: ModelFiles
+    request: GenerationRequest
+    output: Path
+    sidecar: Path
+    latents: Path | None
+    notes: list[str] = field(default_factory=list)  # warnings for stderr (human mode)
+
+
+def slugify(text: str, limit: int = 48) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    words = re.sub(r"[^a-z0-9]+", " ", ascii_text.lower()).split()
+    slug = ""
+    for w in words:
+        if len(slug) + len(w) + 1 > limit:
+            break
+        slug = f"{slug}-{w}" if slug else w
+    return slug or (words[0][:limit] if words else "video")
+
+
+def _variant_name(spec: str) -> str | None:
+    from ..registry import find
+
+    found = find(spec)
+    return found.name if found is not None else None
+
+
+def auto_preset(spec: str, task: str, size: tuple[int, int] | None) -> tuple[str, Values] | None:
+    """The preset for a model: a registry name's own, or for a local checkpoint the one for its task and width;
+    among a model's presets (14B t2v: 480p and 720p) the one nearest the requested size."""
+    local = Path(spec).expanduser().exists()
+    name = _local_variant(spec, task) if local else _variant_name(spec)
+    if name is None:
+        return None
+    loaded = [load_preset(p) for p in list_presets()]
+    mine = [(n, v) for n, v in loaded if v.model == name and v.task in (task, None)]
+    if not mine:
+        return None
+    if size is None:
+        from ..registry import get
+
+        own = get(name).preset
+        return next(((n, v) for n, v in mine if n == own), mine[0])
+    area = size[0] * size[1]
+    return min(mine, key=lambda nv: abs((nv[1].size or (0, 0))[0] * (nv[1].size or (0, 0))[1] - area))
+
+
+def _local_variant(spec: str, task: str) -> str | None:
+    """A local checkpoint's registry twin, judged by its DiT's type and width (headers only)."""
+    from ..engine.checkpoints import peek_transformer_config
+
+    try:
+        cfg = peek_transformer_config(spec)
+    except WanError:
+        return None  # split files without a DiT here, or not a checkpoint: the pipeline will say
+    if cfg.model_type == "t2v":
+        return "1.3b-t2v" if cfg.dim <= 1536 else "14b-t2v"
+    return DEFAULT_MODEL.get(cfg.model_type)
+
+
+def _beside_in_comfy_tree(files: ModelFiles, task: str, opts: Options) -> tuple[ModelFiles, list[str]]:
+    """A diffusion model in a ComfyUI models/ tree (or the tree itself): the components no flag gives, from its
+    sibling folders, each when exactly one file fits (else an error listing them)."""
+    from ..engine import find_components
+
+    path = files.dit or files.root
+    assert path is not None
+    wanted: tuple[Component, ...] = ("vae", "text_encoder") + (("image_encoder",) if task != "t2v" else ())
+    found = find_components(path, task, tuple(c for c in wanted if getattr(opts, c) is None))
+    if not found.paths:
+        return files, []
+    parts = {c: found.paths.get(c, getattr(files, c)) for c in ("dit", "vae", "text_encoder", "image_encoder")}
+    return replace(files, root=None, **parts), found.notes
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            "CUDA was asked for, but torch sees no CUDA device",
+            hint="use --device cpu, or install a CUDA build of torch (`make install TORCH=torch`)",
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("MPS was asked for, but torch sees no Apple GPU", hint="use --device cpu")
+    return name
+
+
+def check_text(text: str, where: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate from a JSON escape) fails now, not after generation."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{where + ': ' if where else ''}the prompt has a character that is not valid text "
+                         f"({text[exc.start]!a} at position {exc.start}, a lone surrogate)",
+                         hint="fix the text (in JSON, \\ud800-\\udfff escapes come in pairs)") from None  # fmt: skip
+
+
+def plan(item: Item, run: Run) -> Job:
+    from ..engine.images import load_image
+    from ..engine.pipeline import GenerationRequest, resolve_seed, validate
+    from ..hub import resolve_model
+
+    if item.error is not None:
+        raise item.error
+    opts = run.opts
+    image = item.image or run.image
+    last = item.last_frame or run.last_frame
+    if run.command == "t2v" and (image or last):
+        raise InputError(f"{item.where or 't2v'}: t2v takes no image", hint="use `wan i2v IMAGE --prompt …`")
+    task = "t2v" if run.command == "t2v" else ("flf2v" if last else "i2v")
+    if task != "t2v" and not image:
+        raise InputError("no input image", hint='give IMAGE, or an "image" key on each JSONL line')
+
+    user = run.preset if run.opts.preset and is_preset_file(run.opts.preset) else None  # -p FILE: over the model's
+    spec = item.values.model or run.flags.model or run.env.model or (user[1].model if user else None)
+    if run.preset is not None and user is None:
+        preset_name: str | None
+        preset_name, preset_values = run.preset
+    else:
+        size = item.values.size or run.flags.size or (user[1].size if user else None)
+        found = run.memo(("preset", spec, task, size), lambda: auto_preset(spec or DEFAULT_MODEL[task], task, size))
+        preset_name, preset_values = found if found is not None else (None, Values())
+    if preset_values.task not in (None, task):
+        raise InputError(f"preset {preset_name} is for {preset_values.task}, not {task}",
+                         hint="pick a preset made for this command (`wan presets list`)")  # fmt: skip
+    preset_values = preset_values.model_copy(update={"task": task})
+    settings = resolve(preset_values, run.env, run.flags, item.values, preset=preset_name, user=user)
+    spec = settings.model or DEFAULT_MODEL[task]
+    settings = settings.model_copy(update={"model": spec})
+
+    from ..engine.transformer import a_model
+    from ..registry import find
+
+    variant = find(spec) if not Path(spec).expanduser().exists() else None
+    if variant is not None:
+        variant_task = variant.task
+        if variant_task != task:
+            cmd = "t2v" if variant_task == "t2v" else "i2v"
+            extra = " --last-frame LAST" if variant_task == "flf2v" else ""
+            raise InputError(f"{variant.name} is {a_model(variant_task)}; this run is {task}",
+                             hint=f"use `wan {cmd} …{extra}` with it, or -m {DEFAULT_MODEL[task]}")  # fmt: skip
+    files = run.memo(("model", spec), lambda: resolve_model(spec))
+    found_notes: list[str] = []
+    if files.source == "local":
+        local = files
+        files, found_notes = run.memo(("beside", spec, task), lambda: _beside_in_comfy_tree(local, task, opts))
+        found_notes = list(found_notes)
+
+    seed = resolve_seed(settings.seed)
+    slug = slugify(item.prompt)
+    fields: dict[str, object] = {"index": item.index, "seed": seed, "slug": slug, "task": task}
+    own = inside(batch_folder(opts.output), item.output, item.where) if item.output else None
+    output = target(own or opts.output, f"{slug}-{seed}.mp4", fields, ".mp4", "-o")
+    latents_spec = (inside(batch_folder(opts.save_latents), item.save_latents, item.where) if item.save_latents
+                    else opts.save_latents)  # fmt: skip
+    latents = (target(latents_spec, f"{slug}-{seed}.safetensors", fields, ".safetensors", "--save-latents")
+               if latents_spec else None)  # fmt: skip
+    sidecar = output.with_suffix(".json")
+
+    import torch
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    request = GenerationRequest(
+        prompt=item.prompt, model=str(files.root or ""), task=task,  # type: ignore[arg-type]
+        negative_prompt=settings.negative_prompt, image=image, last_image=last,
+        width=settings.width, height=settings.height, frames=settings.frames, steps=settings.steps,
+        guidance=settings.guidance, shift=settings.shift, solver=settings.solver, seed=seed,
+        dit=files.dit, vae=opts.vae or files.vae, text_encoder=opts.text_encoder or files.text_encoder,
+        tokenizer=opts.tokenizer or files.tokenizer, image_encoder=opts.image_encoder or files.image_encoder,
+        device=run.memo(("device", settings.device), lambda: pick_device(settings.device)),
+        dtype=dtypes.get(settings.dtype), tiling=vae_tiling(opts.vae_tile),
+    )  # fmt: skip
+    validate(request)
+    if files.root is None:  # split files (ComfyUI): every component needs its own path
+        needed = ("vae", "text_encoder") + (("image_encoder",) if task != "t2v" else ())
+        missing = ["--" + c.replace("_", "-") for c in needed if getattr(request, c) is None]
+        if missing:
+            flags = " and ".join(m + " PATH" for m in missing)
+            raise InputError(f"{spec} holds only the diffusion model; no {', '.join(missing)} given",
+                             hint=f"pass {flags}, or a whole model folder")  # fmt: skip
+    dit_path = files.dit or files.root
+    if dit_path is not None:  # a size that cannot fit whatever the memory mode is refused now (headers only)
+        from ..engine import check_fits, peek_transformer_config
+
+        cfg = run.memo(("dit", str(dit_path)), lambda: peek_transformer_config(dit_path))
+        check_fits(settings.width, settings.height, settings.frames, request.device, dim=cfg.dim,
+                   ffn_dim=cfg.ffn_dim, tile=opts.vae_tile, what=f"{item.where or 'this video'}")  # fmt: skip
+    for img in (image, last):
+        if img is not None:  # a missing, unreadable or animated image fails here, before any model is loaded
+            run.memo(("image", str(img)), lambda img=img: load_image(img).shape)  # type: ignore[misc]
+    for text in (item.prompt, settings.negative_prompt or ""):
+        check_text(text, item.where)
+    writes = [p for p in (output, sidecar, latents) if p is not None]
+    check_writable(writes, opts.force)
+    check_not_inputs(writes, [image, last, opts.prompts, *files.components.values(), request.vae,
+                              request.text_encoder, request.image_encoder])  # fmt: skip
+    notes = found_notes
+    if variant is not None and (settings.width, settings.height) not in variant.sizes:
+        trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
+        what = "size" if task == "t2v" else "area"
+        notes.append(f"note: {variant.name} was trained at {trained}; other {what}s work but may look worse")
+    return Job(item, settings, files, request, output, sidecar, latents, notes)
+
+
+def plan_all(run: Run, items: list[Item]) -> tuple[list[Job], int]:
+    """Plan every item before any generation: a bad item is reported (with its line) and skipped; two items that
+    would write the same file are refused. → (jobs, number of items refused)."""
+    jobs: list[Job] = []
+    claimed: dict[Path, str] = {}  # a file some item writes → that item
+    failures = 0
+    for item in items:
+        try:
+            job = plan(item, run)
+            writes = [p.resolve() for p in (job.output, job.sidecar, job.latents) if p is not None]
+            clash = next((p for p in writes if p in claimed), None)
+            if clash is not None:
+                raise InputError(f"{item.where}: writes {clash}, as {claimed[clash]} does",
+                                 hint="give each line its own output (or use {index} in -o)")  # fmt: skip
+            claimed.update(dict.fromkeys(writes, item.where or "another item"))
+        except (KeyboardInterrupt, Interrupted):
+            raise
+        except Exception as exc:
+            if not run.batch or debug_enabled():
+                raise
+            failures += 1
+            report(exc, stderr, prefix=f"{item.where}: " if not str(exc).startswith(item.where) else "")
+            continue
+        jobs.append(job)
+    return jobs, failures
