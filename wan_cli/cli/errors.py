@@ -13,7 +13,7 @@ from typing import TypeVar
 from rich.console import Console
 from rich.markup import escape
 
-from ..engine.errors import Interrupted, WanError
+from ..engine import Interrupted, WanError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

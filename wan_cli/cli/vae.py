@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import __version__
-from ..engine.errors import InputError
+from ..engine import InputError
 from ..presets import Values, env_values
 from .errors import UsageError, run_guarded
 from .options import HELP, vae_tiling
@@ -23,7 +23,7 @@ from .output import Progress, emit_json, emit_line, show_engine_log, stderr
 from .outputs import Outputs, check_not_inputs, check_writable
 
 if TYPE_CHECKING:
-    from ..engine.vae import WanVAE
+    from ..engine import WanVAE
 
 VAE_DTYPES = ("auto", "bf16", "fp16", "fp32")
 CHUNK_FRAMES = 16  # frames read from ffmpeg at a time: 4 latent frames; memory ∝ this, not the video length
@@ -72,7 +72,7 @@ def _load_vae(model: str | None, vae: Path | None, device: str,
 
     tune_host_allocator()  # the streaming loops keep a flat RSS (engine/memory.py)
 
-    from ..engine.checkpoints import load_vae
+    from ..engine import load_vae
     from ..hub import resolve_model
 
     env = env_values()
@@ -163,9 +163,7 @@ def encode(
 def _encode(video: Path, output: Path, model: str | None, size: str | None, frames: int | None, vae: Path | None,
             device: str | None, force: bool, json_out: bool, quiet: bool,
             vae_tile: int | None = None, dtype: str | None = None) -> None:  # fmt: skip
-    from ..engine.latents import LatentsWriter
-    from ..engine.vae import check_frame_count
-    from ..engine.video import VideoReader
+    from ..engine import LatentsWriter, VideoReader, check_frame_count
 
     human = _mode(json_out, quiet)
     tiling = vae_tiling(vae_tile)
@@ -265,8 +263,7 @@ def decode(
 def _decode(path: Path, output: Path, model: str | None, fps: float | None, vae: Path | None, device: str | None,
             force: bool, json_out: bool, quiet: bool, vae_tile: int | None = None,
             dtype: str | None = None) -> None:  # fmt: skip
-    from ..engine.latents import iter_latents, read_latents_info
-    from ..engine.video import VideoWriter
+    from ..engine import VideoWriter, iter_latents, read_latents_info
     from .generate import write_json_atomic
 
     human = _mode(json_out, quiet)

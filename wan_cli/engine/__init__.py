@@ -24,11 +24,13 @@ _EXPORTS = {
     "checkpoints": ("load_transformer", "load_vae", "peek_transformer_config"),
     "discover": ("CheckpointInfo", "FolderInfo", "find_components", "inspect_checkpoint"),
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
-    "errors": ("CheckpointError", "InputError", "WanError"),
+    "errors": ("CheckpointError", "InputError", "Interrupted", "WanError"),
+    "latents": ("LatentsWriter", "iter_latents", "read_latents_info"),
     "layouts": ("Component",),
     "memory": ("check_fits", "tune_host_allocator"),
     "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
     "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
+    "video": ("VideoReader", "VideoWriter"),
     "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
@@ -43,11 +45,15 @@ __all__ = [
     "GenerationResult",
     "ImageEncoder",
     "InputError",
+    "Interrupted",
+    "LatentsWriter",
     "Pipeline",
     "StreamDecoder",
     "StreamEncoder",
     "TextEncoder",
     "Tiling",
+    "VideoReader",
+    "VideoWriter",
     "WanDiTConfig",
     "WanError",
     "WanModel",
@@ -58,11 +64,13 @@ __all__ = [
     "find_components",
     "generate",
     "inspect_checkpoint",
+    "iter_latents",
     "load_image_encoder",
     "load_text_encoder",
     "load_transformer",
     "load_vae",
     "peek_transformer_config",
+    "read_latents_info",
     "tune_host_allocator",
 ]
 assert set(_WHERE) == set(__all__)
@@ -78,9 +86,11 @@ if TYPE_CHECKING:
     from .checkpoints import load_transformer, load_vae, peek_transformer_config
     from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
     from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
-    from .errors import CheckpointError, InputError, WanError
+    from .errors import CheckpointError, InputError, Interrupted, WanError
+    from .latents import LatentsWriter, iter_latents, read_latents_info
     from .layouts import Component
     from .memory import check_fits, tune_host_allocator
     from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
     from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
     from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count
+    from .video import VideoReader, VideoWriter
