@@ -22,10 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
-from builders import random_vae, to_diffusers_dit, to_diffusers_vae
+from builders import init_random_, random_vae, to_diffusers_dit, to_diffusers_vae
 
 from wan_cli.engine.bench import dit_flops, matmul_peak
-from wan_cli.engine.prepare import init_random_
 from wan_cli.engine.transformer import WanDiTConfig, build_transformer
 from wan_cli.engine.vae import WanVAEConfig
 

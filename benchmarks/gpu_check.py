@@ -27,8 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
+from builders import init_random_
+
 from wan_cli.engine.bench import CLIP_TOKENS, PeakMemory, dit_flops, random_dit, timed
-from wan_cli.engine.prepare import init_random_
 from wan_cli.engine.transformer import DIT_CONFIGS, WanDiTConfig, build_transformer
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # cpu: a smoke run (--smoke) before a GPU call
@@ -152,7 +153,7 @@ def memory_modes(smoke: bool) -> dict[str, Any]:
     (same kernels; only where the weights come from changes), fp8 within fp8 rounding of bf16."""
     import copy
 
-    from wan_cli.engine.memory import stream_blocks
+    from wan_cli.engine.offload import stream_blocks
     from wan_cli.engine.prepare import quantize_fp8_
 
     cfg = WanDiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=5)

@@ -8,13 +8,13 @@ independent writer), ComfyUI single files with the ``model.diffusion_model.`` pr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from wan_cli.engine.layouts import dit_key_to_diffusers, vae_key_to_diffusers
-from wan_cli.engine.prepare import init_random_
 from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer
 from wan_cli.engine.vae import WanVAE, WanVAEConfig
 
@@ -447,3 +447,31 @@ def write_diffusers_pipeline(root: Path, task: str, seed: int = 0) -> Path:
         pipe = WanImageToVideoPipeline(**parts, image_encoder=clip, image_processor=processor)
     pipe.save_pretrained(str(root))
     return root
+
+
+def init_random_(model: WanModel, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> WanModel:
+    """Fill a (meta or real) DiT with the official initialisation scheme on the CPU (tests and dev benchmarks).
+
+    xavier-uniform Linears with zero bias, normal(0.02) text/time embeddings, modulation ~ randn/sqrt(D). Unlike the
+    official init the head weight is random (not zero) so that the output depends on every block.
+    """
+    g = torch.Generator("cpu").manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    dim = model.config.dim
+    for name, p in model.named_parameters():
+        shape = tuple(p.shape)
+        if name.endswith("modulation"):
+            t = torch.randn(shape, generator=g) / dim**0.5
+        elif name.endswith("bias"):
+            t = torch.randn(shape, generator=g) * 0.02
+        elif "norm" in name.rsplit(".", 2)[-2] or name.startswith("img_emb.proj.0") or ".proj.4." in name:
+            t = 1.0 + 0.1 * torch.randn(shape, generator=g)  # norm gains near 1
+        elif name.startswith(("text_embedding", "time_embedding")) or name == "img_emb.emb_pos":
+            t = torch.randn(shape, generator=g) * 0.02
+        else:
+            fan_out, fan_in = shape[0], math.prod(shape[1:])
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            t = (torch.rand(shape, generator=g) * 2 - 1) * bound
+        state[name] = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import huggingface_hub.constants as hf_constants
 import pytest
 import torch
 
@@ -14,6 +15,10 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub read its settings from the environment when it was imported: point them here too
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(home / "hf"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hf" / "hub"))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("WAN_CLI_HOME", str(home / "wan"))
     monkeypatch.delenv("WAN_DEBUG", raising=False)
     torch.manual_seed(0)

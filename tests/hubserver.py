@@ -1,6 +1,7 @@
 """A loopback fake of the Hugging Face Hub, enough of it for ``huggingface_hub`` (2.x) to download from.
 
-Endpoints (what ``HfApi.model_info(files_metadata=True)`` and ``hf_hub_download`` call):
+Endpoints (what ``HfApi.resolve_revision`` and ``model_info(files_metadata=True)`` call, and ``hf_hub_download``,
+``dry_run`` or not):
 
 - ``GET /api/models/{repo_id}[/revision/{rev}]`` → ``{"id", "sha", "siblings": [{rfilename, size, blobId, lfs?}]}``
 - ``HEAD /{repo_id}/resolve/{rev}/{path}`` → ``X-Repo-Commit``, ``ETag`` (the git blob id), and for LFS files

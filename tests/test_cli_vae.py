@@ -12,7 +12,6 @@ from builders import random_vae, rel_err, tiny_vae_config, to_diffusers_vae, wri
 from ffprobe import probe
 from typer.testing import CliRunner
 
-from wan_cli.cli import vae as vae_cmd
 from wan_cli.cli.app import app
 from wan_cli.engine.latents import load_latents
 from wan_cli.engine.video import VideoReader, VideoWriter, read_metadata
@@ -62,24 +61,32 @@ def test_encode_matches_diffusers_on_the_same_frames(vae_pair, tmp: Path) -> Non
     assert rel_err(lat.latents, want) <= 1e-5, rel_err(lat.latents, want)
 
 
-def test_encode_streams_in_fixed_chunks(vae_pair, tmp: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """The encoder is fed at most CHUNK_FRAMES frames at a time, whatever the video's length."""
-    from wan_cli.engine.vae import StreamEncoder
+def test_encode_passes_its_options_to_the_engine(vae_pair, tmp: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The command at the seam: its flags reach encode_video as arguments, the file is written under a staged name
+    and committed, and stdout is the engine's record."""
+    from wan_cli.engine import Tiling, Transcoded
 
-    seen: list[int] = []
-    real_push = StreamEncoder.push
+    seen: dict[str, object] = {}
 
-    def spy(self, frames):  # type: ignore[no-untyped-def]
-        seen.append(frames.shape[2])
-        return real_push(self, frames)
+    def fake(src, dst, **kw):  # type: ignore[no-untyped-def]
+        seen.update(kw, src=src, dst=dst)
+        Path(dst).write_bytes(b"latents")
+        return Transcoded(path=Path(dst), record={"output": kw["record"]["output"], "frames": 17}, frames=17,
+                          frames_read=19)  # fmt: skip
 
-    monkeypatch.setattr(StreamEncoder, "push", spy)
-    monkeypatch.setattr(vae_cmd, "CHUNK_FRAMES", 8)
-    video = moving_video(tmp / "long.mp4", 65, w=32, h=32)
-    result = runner.invoke(app, ["encode", str(video), "-o", str(tmp / "l.safetensors"), "--vae", str(vae_pair[0])])
+    monkeypatch.setattr("wan_cli.engine.encode_video", fake)
+    out = tmp / "l.safetensors"
+    args = ["encode", str(tmp / "in.mp4"), "-o", str(out), "--vae", str(vae_pair[0]), "--size", "64x32", "--frames",
+            "17", "--vae-tile", "32", "--device", "cpu", "--dtype", "bf16", "--json"]  # fmt: skip
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert sum(seen) == 65 and max(seen) == 8 and len(seen) == 9
-    assert load_latents(tmp / "l.safetensors").latents.shape == (16, 17, 4, 4)
+    assert json.loads(result.stdout) == {"output": str(out), "frames": 17}
+    assert out.read_bytes() == b"latents" and sorted(p.name for p in tmp.iterdir()) == ["l.safetensors"]
+    assert (seen["src"], seen["vae"], seen["device"], seen["dtype"]) == (tmp / "in.mp4", vae_pair[0], "cpu",
+                                                                          torch.bfloat16)  # fmt: skip
+    assert (seen["size"], seen["frames"], seen["tiling"], seen["force"]) == ((64, 32), 17, Tiling(32, 8), True)
+    assert seen["model"] == str(vae_pair[0]) and seen["record"]["output"] == str(out)  # type: ignore[index]
+    assert Path(str(seen["dst"])).parent == tmp and seen["dst"] != out  # staged, then renamed
 
 
 def test_decode_writes_the_decoded_frames(vae_pair, tmp: Path) -> None:  # type: ignore[no-untyped-def]
@@ -95,7 +102,12 @@ def test_decode_writes_the_decoded_frames(vae_pair, tmp: Path) -> None:  # type:
     info = probe(out)
     assert (info["codec_name"], info["pix_fmt"], info["width"], info["height"]) == ("h264", "yuv420p", 64, 32)
     assert info["frames"] == 17 and float(info["fps"]) == 16.0
-    assert read_metadata(out) == record and record["source"] == str(lat_path)
+    assert set(record["timings"]) == {"load_s", "decode_s", "total_s"} and record == json.loads(
+        out.with_suffix(".json").read_text()
+    )
+    # the MP4's comment is written when ffmpeg opens the file: the record with the load time only
+    assert read_metadata(out) == {**record, "timings": {"load_s": record["timings"]["load_s"]}}
+    assert record["source"] == str(lat_path) and record["output"] == str(out)
     lat = load_latents(lat_path)
     mean = torch.tensor(ref.config.latents_mean).view(1, 16, 1, 1, 1)
     std = torch.tensor(ref.config.latents_std).view(1, 16, 1, 1, 1)
@@ -128,7 +140,7 @@ def test_decode_finishes_a_generation_and_takes_fps(vae_pair, tmp: Path) -> None
 
 def test_vae_tile_decodes_in_tiles_close_to_whole_frames(vae_pair, tmp: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """--vae-tile runs the streaming decoder tile by tile; the cross-faded result stays close to whole frames."""
-    from wan_cli.engine.vae import StreamDecoder
+    from wan_cli.engine.vae_stream import StreamDecoder
 
     vae_path, _ = vae_pair
     lat = tmp / "lat.safetensors"

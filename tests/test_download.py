@@ -1,7 +1,8 @@
 """`wan download`, `wan models` and `hub.resolve_model` against a loopback fake hub (tests/hubserver.py).
 
-huggingface_hub reads HF_HUB_OFFLINE once, at import: the fixtures set the variable (what wan reads) and patch
-``huggingface_hub.constants`` (what its HTTP layer checks). HF_ENDPOINT is read by wan at call time and passed on.
+huggingface_hub reads HF_HUB_CACHE, HF_HUB_OFFLINE and HF_ENDPOINT once, at import, and wan uses what it read: the
+fixtures set the variables and patch ``huggingface_hub.constants`` to match (the cache: the temporary HF_HOME that
+conftest.py sets).
 """
 
 from __future__ import annotations
@@ -91,6 +92,8 @@ def diffusers_repo() -> FakeRepo:
 
 def online(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", url)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
 
@@ -102,6 +105,8 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", os.path.join(os.environ["HF_HOME"], "hub"))
+    offline(monkeypatch)  # as conftest.py sets it; `online` turns it off
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # not the developer's token
@@ -124,7 +129,7 @@ def err(result: Any) -> str:
 
 
 def blobs(repo: str) -> list[Path]:
-    folder = hub.repo_folder(repo, hub.cache_dir()) / "blobs"
+    folder = hub.cache_dir() / ("models--" + repo.replace("/", "--")) / "blobs"  # huggingface_hub's cache layout
     return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
@@ -155,6 +160,8 @@ def test_fresh_download_lands_in_the_cache_and_resolves_offline(
         assert p.read_bytes() == comfy.files[repo_path]  # sizes and bytes as served
     assert sorted(p.name for p in paths[2].iterdir()) == sorted(registry.TOKENIZER_FILES)
     assert "1.3b-t2v (comfy, bf16)" in err(result)  # the plan, on stderr
+    # refs/main names the commit, as after any huggingface_hub download: other tools find the snapshot offline
+    assert (snap.parents[1] / "refs" / "main").read_text() == comfy.commit
     # only what the model needs: no fp16 twin, no workflows, no CLIP for t2v
     fetched = {
         r.path.split("/resolve/")[1].split("/", 1)[1]
@@ -176,12 +183,41 @@ def test_second_download_fetches_and_hashes_nothing(fake_hub: FakeHub, monkeypat
     assert first.exit_code == 0 and first.stderr == ""  # -q: nothing on stderr
     hashed: list[Path] = []
     real_hash = hub.file_hash
-    monkeypatch.setattr(hub, "file_hash", lambda p, algo: hashed.append(p) or real_hash(p, algo))
+    monkeypatch.setattr(hub, "file_hash", lambda p, lfs: hashed.append(p) or real_hash(p, lfs))
     before = len(fake_hub.requests)
     again = wan("download", "1.3b-t2v", "-q")
     assert again.exit_code == 0 and again.stdout == first.stdout
-    assert [r.method for r in fake_hub.requests[before:]] == ["GET", "GET"]  # the two file lists, no file
-    assert hashed == []  # verified blobs are remembered in installed.json
+    comfy, official = (r.commit for r in fake_hub.repos[:2])
+    # per repo: where main points, then the file list at that commit; no HEAD or GET of a file
+    assert [(r.method, r.path) for r in fake_hub.requests[before:]] == [
+        ("GET", f"/api/models/{COMFY}/revision/main"),
+        ("GET", f"/api/models/{COMFY}/revision/{comfy}"),
+        ("GET", f"/api/models/{T2V.repo}/revision/main"),
+        ("GET", f"/api/models/{T2V.repo}/revision/{official}"),
+    ]
+    assert hashed == []  # files already in the cache are not read again
+
+
+def test_a_new_commit_reuses_the_blobs(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main moves on (a file added to the repo): the same bytes are linked into the new snapshot, not fetched again,
+    and the disk check counts nothing for them."""
+    first = json.loads(wan("download", "1.3b-t2v", "--json").stdout)
+    comfy = fake_hub.repos[0]
+    comfy.files["split_files/loras/new.safetensors"] = data("lora")
+    comfy.commit = "c0ffee" * 6 + "c0ff"
+
+    class Usage:
+        total, used, free = 10**12, 10**12 - 1000, 1000  # less than any one file
+
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: Usage)
+    before = len(fake_hub.requests)
+    result = wan("download", "1.3b-t2v", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["revision"] == comfy.commit != first["revision"] and record["fetched"] == 0
+    assert not [r for r in fake_hub.requests[before:] if r.method == "GET" and "/resolve/" in r.path]
+    assert Path(record["files"]["dit"]).read_bytes() == comfy.files[DIT]
+    assert hub.resolve_model("1.3b-t2v").revision == comfy.commit  # the snapshot wan downloaded last
 
 
 def test_json_record(fake_hub: FakeHub) -> None:
@@ -364,7 +400,8 @@ def test_not_enough_disk(fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> 
         and "has 1.0 kB free" in err(result)
     )
     assert "HF_HOME" in err(result)
-    assert not [r for r in fake_hub.requests if "/resolve/" in r.path]  # refused before the first byte
+    # refused before the first byte: the dry run's HEAD requests only
+    assert {r.method for r in fake_hub.requests if "/resolve/" in r.path} == {"HEAD"}
 
 
 # -- names and options --------------------------------------------------------------------------------------------

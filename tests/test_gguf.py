@@ -34,7 +34,7 @@ from wan_cli.engine.checkpoints import detect_kind, infer_dit_config
 from wan_cli.engine.errors import CheckpointError
 from wan_cli.engine.gguf import GGUFSource, is_gguf
 from wan_cli.engine.layers import Linear
-from wan_cli.engine.memory import stream_blocks
+from wan_cli.engine.offload import stream_blocks
 from wan_cli.engine.prepare import FP8_KEYS, fuse_qkv_, quantize_fp8_, weight_bytes
 from wan_cli.engine.quant import BLOCKS, QuantizedTensor
 from wan_cli.engine.transformer import WanModel, build_transformer

@@ -360,6 +360,7 @@ def test_file_system_errors_are_messages(model: Path, tmp: Path, monkeypatch: py
     assert result.exit_code == 1 and "too long" in result.stderr and "bug" not in result.stderr
     (tmp / "hf").write_text("not a folder")
     monkeypatch.setenv("HF_HOME", str(tmp / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp / "hf" / "hub"))  # as read at import
     result = runner.invoke(app, ["t2v", "a dog", "-m", "1.3b-t2v", *TINY, "-o", str(tmp / "y.mp4")])
     err = " ".join(result.stderr.split())
     assert result.exit_code == 1 and "Traceback" not in result.output and "bug in wan" not in err, err

@@ -13,16 +13,10 @@ import torch
 from builders import random_dit, rel_err, tiny_dit_config, write_comfy_dit, write_diffusers_pipeline
 
 from wan_cli.engine import InputError
-from wan_cli.engine.pipeline import (
-    DEFAULT_NEGATIVE_PROMPTS,
-    GenerationRequest,
-    Pipeline,
-    i2v_mask,
-    i2v_size,
-    make_noise,
-    match_last_frame,
-    validate,
-)
+from wan_cli.engine.images import i2v_mask, i2v_size, match_last_frame
+from wan_cli.engine.pipeline import Pipeline
+from wan_cli.engine.request import DEFAULT_NEGATIVE_PROMPTS, GenerationRequest, validate
+from wan_cli.engine.sampling import make_noise
 from wan_cli.engine.schedulers import SIGMA_MAX
 
 PROMPT = "a dog runs in the park"
@@ -34,8 +28,8 @@ PROMPT = "a dog runs in the park"
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"width": 830}, "multiple of 16"),
-        ({"height": 0}, "multiple of 16"),
+        ({"width": 830}, "multiples of 16"),
+        ({"height": 0}, "multiples of 16"),
         ({"frames": 80}, "1 + 4k"),
         ({"steps": 0}, "at least 1"),
         ({"guidance": -1.0}, ">= 0"),

@@ -95,9 +95,50 @@ def test_comfy_files_follow_the_reference() -> None:
     assert fp8["image_encoder"].pattern == "split_files/clip_vision/clip_vision_h.safetensors"
     flf = {f.component: f for f in registry.MODELS["14b-flf2v-720p"].files("comfy", "bf16")}
     assert flf["dit"].pattern.endswith("/wan2.1_flf2v_720p_14B_fp16.safetensors")
-    assert registry.MODELS["1.3b-t2v"].download_size("comfy", "bf16") == 2_838_104_528 + 11_366_399_385 + sum(
-        f.size or 0 for f in registry.MODELS["1.3b-t2v"].files() if f.component in ("vae", "tokenizer")
-    )
+
+
+# Sizes stated in /work/shared/reference/checkpoint-formats.md §4.1 and §4.4: exact bytes where it gives them, else
+# its rounding (GB or MB, one decimal or none).
+REFERENCE_BYTES = {
+    "split_files/diffusion_models/wan2.1_t2v_1.3B_bf16.safetensors": 2_838_104_528,
+    "split_files/text_encoders/umt5_xxl_fp16.safetensors": 11_366_399_385,
+    "split_files/text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors": 6_735_906_897,
+    "split_files/clip_vision/clip_vision_h.safetensors": 1_264_219_396,
+    "google/umt5-xxl/spiece.model": 4_548_313,
+}
+REFERENCE_ROUNDED = {  # path → (value as written, unit)
+    "split_files/vae/wan_2.1_vae.safetensors": (254, 1e6),  # "254 MB": no decimal
+    "split_files/diffusion_models/wan2.1_t2v_14B_bf16.safetensors": (28.6, 1e9),
+    "split_files/diffusion_models/wan2.1_t2v_14B_fp8_e4m3fn.safetensors": (14.3, 1e9),
+    "split_files/diffusion_models/wan2.1_i2v_480p_14B_bf16.safetensors": (32.8, 1e9),
+    "split_files/diffusion_models/wan2.1_i2v_720p_14B_fp8_e4m3fn.safetensors": (16.4, 1e9),
+    "split_files/diffusion_models/wan2.1_flf2v_720p_14B_fp16.safetensors": (32.8, 1e9),
+    "split_files/diffusion_models/wan2.1_flf2v_720p_14B_fp8_e4m3fn.safetensors": (16.4, 1e9),
+}
+
+
+def test_file_sizes_agree_with_the_reference() -> None:
+    files = {f.pattern: f for spec in registry.MODELS.values() for p in ("bf16", "fp8") if spec.comfy_dit(p)
+             for f in spec.files("comfy", p)}  # fmt: skip
+    assert set(REFERENCE_BYTES) | set(REFERENCE_ROUNDED) <= set(files)
+    for path, size in REFERENCE_BYTES.items():
+        assert (files[path].size, files[path].approx) == (size, False), path
+    for path, (value, unit) in REFERENCE_ROUNDED.items():
+        digits = 0 if isinstance(value, int) else 1
+        assert files[path].size is not None and round(files[path].size / unit, digits) == value, path
+
+
+def test_download_sizes_add_up_to_the_reference() -> None:
+    """1.3b-t2v from comfy: the DiT, the fp16 T5, the VAE (≈254 MB) and spiece.model as the reference sizes them,
+    plus the small tokenizer files it does not size (tokenizer.json is ~17 MB, the others kB)."""
+    known = 2_838_104_528 + 11_366_399_385 + 4_548_313
+    size = registry.MODELS["1.3b-t2v"].download_size("comfy", "bf16")
+    assert size is not None and known + 253_500_000 <= size <= known + 254_500_000 + 25_000_000
+    assert not registry.MODELS["1.3b-t2v"].size_is_approx("comfy", "bf16")
+    # 14B T2V fp8: DiT 14.3 GB + fp8 T5 + VAE + tokenizer; rounded, so marked "~"
+    size = registry.MODELS["14b-t2v"].download_size("comfy", "fp8")
+    assert size is not None and abs(size - (14.3e9 + 6_735_906_897 + 254e6)) < 0.1e9
+    assert registry.MODELS["14b-t2v"].size_is_approx("comfy", "fp8")
 
 
 def test_precision_errors() -> None:

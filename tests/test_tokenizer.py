@@ -14,7 +14,7 @@ import pytest
 from builders import CORPUS, tiny_spiece_model, tiny_umt5, write_comfy_t5
 
 from wan_cli.engine import CheckpointError, load_text_encoder
-from wan_cli.engine.pipeline import DEFAULT_NEGATIVE_PROMPTS
+from wan_cli.engine.request import DEFAULT_NEGATIVE_PROMPTS
 from wan_cli.engine.tokenizer import load_tokenizer, tokenizer_beside
 
 # out-of-vocabulary letters, emoji, CJK outside the tiny corpus, full-width forms (NFKC), combining marks

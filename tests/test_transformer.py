@@ -10,19 +10,18 @@ import math
 
 import pytest
 import torch
-from builders import random_dit, rel_err, tiny_dit_config, to_diffusers_dit
+from builders import init_random_, random_dit, rel_err, tiny_dit_config, to_diffusers_dit
 
 from wan_cli.engine import InputError, WanError
 from wan_cli.engine.ops import (
     apply_rope,
     attention,
     available_backends,
+    resolve_attention,
     rope_axis_dims,
     rope_cos_sin,
-    set_attention_backend,
     sinusoidal_embedding_1d,
 )
-from wan_cli.engine.prepare import init_random_
 from wan_cli.engine.transformer import WanDiTConfig, WanModel, build_transformer
 
 FP32_TOL = 1e-5
@@ -206,11 +205,23 @@ def test_attention_backends_match_sdpa() -> None:
 
 def test_unavailable_backend_is_a_clear_error() -> None:
     with pytest.raises(WanError) as err:
-        set_attention_backend("nonsense")
+        resolve_attention("nonsense")
     assert "sdpa" in err.value.hint
-    if "flash" not in available_backends():
-        with pytest.raises(WanError, match="not available"):
-            set_attention_backend("flash")
+    for name in ("flash3", "sage"):
+        if name not in available_backends():
+            with pytest.raises(WanError, match="not available"):
+                resolve_attention(name)
+    assert resolve_attention("auto") in available_backends()
+
+
+def test_attention_backend_is_a_setting_of_each_model() -> None:
+    """Two models in one process keep their own backend: nothing is process-wide."""
+    from wan_cli.engine.prepare import set_attention
+
+    a, b = random_dit(tiny_dit_config(), seed=0), random_dit(tiny_dit_config(), seed=0)
+    set_attention(a, "cudnn")
+    assert {m.attention_backend for m in a.modules() if hasattr(m, "attention_backend")} == {"cudnn"}
+    assert {m.attention_backend for m in b.modules() if hasattr(m, "attention_backend")} == {"sdpa"}
 
 
 def test_forward_rejects_bad_inputs() -> None:
@@ -248,7 +259,7 @@ def test_compiled_blocks_match_eager() -> None:
     """compile_blocks (torch.compile per block, one shared graph) computes the same function: fp32 on the CPU."""
     import torch._dynamo
 
-    from wan_cli.engine.memory import BlockStreamer
+    from wan_cli.engine.offload import BlockStreamer
     from wan_cli.engine.prepare import compile_blocks
 
     torch._dynamo.reset()

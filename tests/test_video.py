@@ -15,7 +15,9 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
@@ -85,20 +87,22 @@ def ffmpeg(*args: str) -> None:
 @needs_ffprobe
 def test_written_file_is_what_ffprobe_says(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
-    first = {"prompt": "a corgi = dog; #1 \\ ok\nline two", "seed": 7, "中文": "负面提示"}
-    with VideoWriter(out, W, H, fps=16, metadata=first) as w:
+    record = {"prompt": "a corgi = dog; #1 \\ ok\nline two", "seed": 7, "中文": "负面提示",
+              "timings": {"load_s": 1.25}, "long": "x" * 20000}  # fmt: skip
+    with VideoWriter(out, W, H, fps=16, metadata=record) as w:
         for chunk in decoder_like_chunks(4):
             w.write(chunk)
         assert not out.exists()  # nothing at the target before close
-        final = {**first, "timings": {"total_s": 1.25}, "long": "x" * 20000}
-        w.metadata = final  # known only at the end
+        with pytest.raises(AttributeError):  # ffmpeg wrote it with the first frame: later timings go to the sidecar
+            w.metadata = {"timings": {"total_s": 9.0}}  # type: ignore[misc]
     info = probe(out)
     assert (info["codec_name"], info["pix_fmt"], info["width"], info["height"]) == ("h264", "yuv420p", W, H)
+    assert info["color_space"] == "bt709"
     assert info["fps"] == 16
     assert info["frames"] == 13 == w.frames_written  # 1 + 4·3
     assert info["faststart"], info["boxes"]
-    assert json.loads(info["comment"]) == final
-    assert read_metadata(out) == final
+    assert json.loads(info["comment"]) == record
+    assert read_metadata(out) == record
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]  # no temp files left
     umask = os.umask(0)
     os.umask(umask)
@@ -126,10 +130,9 @@ def test_metadata_has_no_size_limit(tmp_path: Path) -> None:
 
 def test_round_trip_keeps_colours_and_order(tmp_path: Path) -> None:
     out = tmp_path / "clip.mp4"
-    with VideoWriter(out, W, H) as w:
+    with VideoWriter(out, W, H, metadata={"seed": 1}) as w:
         for chunk in decoder_like_chunks(4):
             w.write(chunk)
-        w.set_metadata({"seed": 1})
     with VideoReader(out) as r:
         frames = torch.cat(list(r.chunks(5)), dim=1)  # [3, 13, H, W]
     expected = torch.cat(list(decoder_like_chunks(4)), dim=1)
@@ -138,12 +141,36 @@ def test_round_trip_keeps_colours_and_order(tmp_path: Path) -> None:
     assert err.max() < TOL, f"max {err.max() * 127.5:.1f} levels, mean {err.mean() * 127.5:.2f}"
 
 
-def test_set_metadata_rejects_what_json_cannot_hold(tmp_path: Path) -> None:
-    w = VideoWriter(tmp_path / "a.mp4", W, H)
+def test_metadata_rejects_what_json_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
-        w.metadata = {"path": Path("x")}
+        VideoWriter(tmp_path / "a.mp4", W, H, metadata={"path": Path("x")})
     with pytest.raises(TypeError):
         VideoWriter(tmp_path / "a.mp4", W, H, metadata={"t": torch.zeros(1)})
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_ffprobe
+def test_one_ffmpeg_pass_and_an_exact_rate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One ffmpeg child writes frames, record and faststart together (no remux pass), with no argument anywhere
+    near Linux's 128 KiB limit; 29.97 fps is stored as 30000/1001, not rounded."""
+    started: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def spy(args: list[str], *a: Any, **kw: Any) -> subprocess.Popen[bytes]:
+        started.append([str(x) for x in args])
+        return real_popen(args, *a, **kw)
+
+    imageio_ffmpeg.get_ffmpeg_exe()  # its one-time `ffmpeg -version` check, before the spy
+    monkeypatch.setattr(subprocess, "Popen", spy)
+    out = tmp_path / "ntsc.mp4"
+    with VideoWriter(out, W, H, fps=30000 / 1001, metadata={"prompt": "p" * 200_000}) as w:
+        for chunk in decoder_like_chunks(3):
+            w.write(chunk)
+    monkeypatch.undo()
+    assert len(started) == 1 and max(len(a) for a in started[0]) < 1000, [a[:80] for a in started[0]]
+    info = probe(out)
+    assert info["fps"] == Fraction(30000, 1001) and info["frames"] == 9 and info["faststart"]
+    assert read_metadata(out) == {"prompt": "p" * 200_000}
 
 
 @linux_only

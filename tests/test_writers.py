@@ -281,8 +281,8 @@ def size_limited_ffmpeg(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
 @pytest.mark.parametrize("stage", ["encode", "finish"])
 def test_video_writer_ffmpeg_runs_out_of_space(folder: Path, size_limited_ffmpeg: Any, stage: str) -> None:
     """ffmpeg itself cannot write: while encoding (noise does not compress; ffmpeg reports it as it closes the
-    file), or in the final pass, where the 120 kB record makes the file too big. Its own error is reported (the
-    kernel's EFBIG here, ENOSPC on a full disk); nothing is left."""
+    file), or at the file's end, where the moov atom with the 120 kB record makes it too big. Its own error is
+    reported (the kernel's EFBIG here, ENOSPC on a full disk); nothing is left."""
     before = listing(folder)
     rng = np.random.default_rng(0)
     size_limited_ffmpeg(20_000 if stage == "encode" else 60_000)
@@ -300,19 +300,25 @@ def test_video_writer_ffmpeg_runs_out_of_space(folder: Path, size_limited_ffmpeg
 
 @linux_only
 @pytest.mark.parametrize("error", INTERRUPTS)
-def test_video_writer_interrupted_in_final_pass(
+def test_video_writer_interrupted_while_ffmpeg_finishes(
     folder: Path, monkeypatch: pytest.MonkeyPatch, error: type[BaseException]
 ) -> None:
-    """The interrupt arrives while the final ffmpeg pass runs: that child is killed too and its output removed."""
+    """The interrupt arrives while close() waits for ffmpeg to write the file's end (the moov atom with the record,
+    the faststart move): ffmpeg is killed and reaped, and its half-finished output removed."""
     before = listing(folder)
+    waits: list[float | None] = []
 
-    class InterruptedPopen(subprocess.Popen):  # type: ignore[type-arg]
-        def communicate(self, *args: Any, **kwargs: Any) -> Any:
-            raise error()
+    class InterruptedPopen(subprocess.Popen):
+        def wait(self, timeout: float | None = None) -> int:
+            waits.append(timeout)
+            if len(waits) == 1:  # the first wait is close()'s; the cleanup's own wait must work
+                raise error()
+            return super().wait(timeout)
 
     monkeypatch.setattr(subprocess, "Popen", InterruptedPopen)
     with pytest.raises(error):
         _write_video(folder / "clip.mp4")
+    assert len(waits) >= 2
     assert listing(folder) == before
     assert ffmpeg_children() == []
 

@@ -17,14 +17,7 @@ def wan_home() -> Path:
 
 
 def hf_cache() -> Path:
-    """The huggingface_hub cache directory as huggingface_hub resolves it (HF_HUB_CACHE, HF_HOME)."""
-    env = os.environ.get("HF_HUB_CACHE", "").strip()
-    if env:
-        return Path(env).expanduser()
-    home = os.environ.get("HF_HOME", "").strip()
-    base = (
-        Path(home).expanduser()
-        if home
-        else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "huggingface"
-    )
-    return base / "hub"
+    """The huggingface_hub cache directory, as huggingface_hub itself resolved it (HF_HUB_CACHE, HF_HOME, XDG)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE).expanduser()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,9 +24,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from .engine.errors import InputError
+from .engine.request import Solver as SolverName
+from .engine.request import Task, check_frame_count, check_seed, check_size
 
-Task = Literal["t2v", "i2v", "flf2v"]
-SolverName = Literal["unipc", "dpm++", "euler"]
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
 DtypeName = Literal["auto", "bf16", "fp16", "fp32", "fp8"]
 
@@ -50,6 +50,15 @@ def parse_size(value: object) -> tuple[int, int]:
 Size = Annotated[tuple[int, int], BeforeValidator(parse_size)]
 
 
+def _rule(check: Callable[[Any], None], value: Any) -> Any:
+    """Run an engine rule inside a pydantic validator: its InputError becomes the ValueError pydantic reports."""
+    try:
+        check(value)
+    except InputError as exc:
+        raise ValueError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+    return value
+
+
 class Values(BaseModel):
     """One settings layer: every field optional; unknown keys are errors."""
 
@@ -70,28 +79,22 @@ class Values(BaseModel):
     device: DeviceName | None = None
     dtype: DtypeName | None = None
 
+    # the rules are the engine's (engine/request.py): one rule, one message, wherever a setting comes from
+
     @field_validator("frames")
     @classmethod
     def _frames_4n_plus_1(cls, v: int | None) -> int | None:
-        if v is not None and (v - 1) % 4:
-            lo = (v - 1) // 4 * 4 + 1
-            raise ValueError(f"frames must be 4n+1 (…, {lo}, {lo + 4}, …), got {v}")
-        return v
+        return _rule(check_frame_count, v) if v is not None else v
 
     @field_validator("seed")
     @classmethod
     def _seed_range(cls, v: int | None) -> int | None:
-        if v is not None and not -1 <= v < 2**63:
-            raise ValueError(f"seed must be 0 … 2^63-1, or -1 for a random one, got {v}")
-        return v
+        return _rule(lambda s: check_seed(s, random_ok=True), v) if v is not None else v
 
     @field_validator("size")
     @classmethod
     def _size_multiple_of_16(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and (v[0] % 16 or v[1] % 16):
-            near = "x".join(str(max(16, round(x / 16) * 16)) for x in v)
-            raise ValueError(f"width and height must be multiples of 16, got {v[0]}x{v[1]} (nearest: {near})")
-        return v
+        return _rule(lambda wh: check_size(*wh), v) if v is not None else v
 
     def set_fields(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .engine.errors import InputError
+from .engine.request import Task
 
-Task = Literal["t2v", "i2v", "flf2v"]
 Source = Literal["comfy", "official", "diffusers"]
 Precision = Literal["bf16", "fp8"]
 

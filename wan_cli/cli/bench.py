@@ -19,6 +19,7 @@ from .output import emit_json, stderr
 CPU_WORKLOAD: dict[str, Any] = {"size": (160, 96), "frames": 5, "steps": 1}
 
 
+# Long only by its signature: Typer reads the options from it (the body is four lines; the docstring is --help).
 def bench(
     model: Annotated[
         str, typer.Option("-m", "--model", metavar="NAME", help="Which architecture (`wan models`).")
@@ -69,8 +70,13 @@ def bench(
         ),
     ] = "auto",
     attention: Annotated[
-        str, typer.Option("--attention", metavar="sdpa|cudnn|flash|sage", help="Attention kernel.")
-    ] = "sdpa",
+        str,
+        typer.Option(
+            "--attention",
+            metavar="auto|sdpa|cudnn|flash3|sage",
+            help="Attention kernel, as in `wan t2v` (auto: flash3 where installed, else sdpa).",
+        ),
+    ] = "auto",
     text_encoder: Annotated[
         bool | None,
         typer.Option(
@@ -109,17 +115,51 @@ def bench(
 def _bench(model: str, size: str | None, frames: int | None, steps: int | None, weights: str, device: str, dtype: str,
            attention: str, text_encoder: bool | None, vae: bool, compile: bool,
            json_out: bool, offload: str = "auto", fp8_matmul: bool = False) -> dict[str, object]:  # fmt: skip
-    import torch
-
-    from ..engine.bench import BENCH_MODELS, BenchRequest, latent_shape, run_bench
-    from ..engine.errors import InputError
-    from ..engine.memory import OFFLOAD_MODES, choose_offload
-    from ..engine.ops import set_attention_backend
-    from ..engine.prepare import dit_weight_bytes
-    from ..engine.transformer import DIT_CONFIGS
+    """Options → BenchRequest (the CPU workload picked where options are not given) → run_bench → the table."""
+    from ..engine import BenchRequest, resolve_device, resolve_dtype, run_bench
     from ..presets import Values, load_preset
+
+    spec = _check_options(model, steps, weights, attention, offload)
+    _, preset = load_preset(spec.preset)
+    try:
+        layer = Values.model_validate({k: v for k, v in (("size", size), ("frames", frames), ("device", device),
+                                                         ("dtype", dtype)) if v is not None})  # fmt: skip
+    except Exception as exc:
+        raise UsageError(f"invalid option value: {exc}", hint="see `wan bench --help`") from None
+    dev = resolve_device(layer.device or "auto")
+    notes: list[str] = []
+    if dev == "cpu":
+        layer, steps = _cpu_workload(layer, {"size": size, "frames": frames, "steps": steps}, steps, preset, notes)
+    w, h = layer.size or preset.size or (832, 480)
+    dt = resolve_dtype(None if layer.dtype == "fp8" else layer.dtype, dev)  # fp8: stored so, computed in auto
+    fp8 = layer.dtype == "fp8" or fp8_matmul
+    dit = None
+    if weights == "installed":
+        from ..hub import resolve_model
+
+        files = resolve_model(spec.name)
+        dit = str(files.dit or files.root or "")
+    why_not = {"vae": "--no-vae"}
+    if text_encoder is None and dev == "cpu":
+        why_not["text_encoder"] = "off by default on a CPU, where UMT5-XXL takes 23 GB; --text-encoder times it"
+    elif text_encoder is False:
+        why_not["text_encoder"] = "--no-text-encoder"
+    req = BenchRequest(model=spec.name, width=w, height=h, frames=layer.frames or preset.frames or 81,
+                       steps=steps or 2, why_not=why_not, notes=notes, full_steps=preset.steps or 50, device=dev,
+                       dtype=dt, vae=vae, dit=dit, compile=compile, attention=attention, fp8=fp8,
+                       text_encoder=text_encoder if text_encoder is not None else dev != "cpu",
+                       offload=None if offload == "auto" else offload, fp8_matmul=fp8_matmul)  # type: ignore[arg-type]  # fmt: skip
+    log = (lambda _: None) if json_out else (lambda m: stderr.print(f"[dim]{m}…[/]"))
+    result = run_bench(req, log)
+    if not json_out:
+        _table(result.to_dict(), shown=notes)
+    return result.to_dict()
+
+
+def _check_options(model: str, steps: int | None, weights: str, attention: str, offload: str) -> Any:
+    """The options no settings layer checks, as usage errors (exit 2) → the model's registry spec."""
+    from ..engine import ATTENTION_BACKENDS, BENCH_MODELS, OFFLOAD_MODES, InputError
     from ..registry import get
-    from .plan import pick_device
 
     try:
         spec = get(model)
@@ -131,69 +171,32 @@ def _bench(model: str, size: str | None, frames: int | None, steps: int | None, 
         raise UsageError(f"invalid value for --steps: {steps}", hint="at least 1")
     if weights not in ("random", "installed"):
         raise UsageError(f"invalid value for --weights: {weights!r}", hint="random or installed")
+    if attention not in ATTENTION_BACKENDS:
+        raise UsageError(f"invalid value for --attention: {attention!r}",
+                         hint=f"use one of {', '.join(ATTENTION_BACKENDS)}")  # fmt: skip
     if offload != "auto" and offload not in OFFLOAD_MODES:
         raise UsageError(f"invalid value for --offload: {offload!r}", hint="use auto, none, model or blocks")
-    _, preset = load_preset(spec.preset)
-    try:
-        layer = Values.model_validate({k: v for k, v in (("size", size), ("frames", frames), ("device", device),
-                                                         ("dtype", dtype)) if v is not None})  # fmt: skip
-    except Exception as exc:
-        raise UsageError(f"invalid option value: {exc}", hint="see `wan bench --help`") from None
-    dev = pick_device(layer.device or "auto")
-    notes: list[str] = []
-    if dev == "cpu":
-        given = {"size": size, "frames": frames, "steps": steps}
-        picked = {k: v for k, v in CPU_WORKLOAD.items() if given[k] is None}
-        if picked:
-            layer = layer.model_copy(update={k: v for k, v in picked.items() if k != "steps"})
-            steps = picked.get("steps", steps)
-            words = {"size": "{}x{}".format(*picked.get("size", (0, 0))), "frames": f"{picked.get('frames')} frames",
-                     "steps": f"{picked.get('steps')} step" + "s" * (picked.get("steps") != 1)}  # fmt: skip
-            what = ", ".join(words[k] for k in picked)
-            why = "on a CPU" if layer.device == "cpu" else "no GPU found (torch sees no CUDA or MPS device)"
-            pw, ph = preset.size or (832, 480)
-            notes.append(f"{why}: a small workload ({what}) instead of the preset's {pw}x{ph} and {preset.frames} "
-                         "frames (a quarter of an hour or more on a CPU); --size, --frames and --steps choose "
-                         "another")  # fmt: skip
-            stderr.print(f"note: {notes[-1]}", markup=False, highlight=False)
-    w, h = layer.size or preset.size or (832, 480)
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    dt = dtypes.get(layer.dtype or "auto") or (torch.float32 if dev == "cpu" else torch.bfloat16)
-    fp8 = layer.dtype == "fp8" or fp8_matmul
-    n_frames = layer.frames or preset.frames or 81
-    if offload == "auto":
-        cfg = DIT_CONFIGS[BENCH_MODELS[spec.name]]
-        f, lh, lw = latent_shape(w, h, n_frames)
-        free = torch.cuda.mem_get_info(dev)[0] if dev.startswith("cuda") else 2**62  # a CPU has no device budget
-        dit_bytes = dit_weight_bytes(cfg, torch.finfo(dt).bits // 8, fp8=fp8)
-        offload = choose_offload(free, dit_bytes, cfg.dim, cfg.ffn_dim, f * lh * lw // 4)
-    set_attention_backend(attention)
-    dit = None
-    if weights == "installed":
-        from ..engine.checkpoints import load_transformer
-        from ..hub import resolve_model
+    return spec
 
-        files = resolve_model(spec.name)
-        load_on = "cpu" if offload == "blocks" else dev
-        dit = load_transformer(files.dit or files.root or "", device=load_on, dtype=dt, fp8=fp8)
-        if offload == "blocks":
-            from ..engine.memory import stream_blocks
 
-            stream_blocks(dit, dit.blocks, dev)
-    why_not = {"vae": "--no-vae"}
-    if text_encoder is None and dev == "cpu":
-        why_not["text_encoder"] = "off by default on a CPU, where UMT5-XXL takes 23 GB; --text-encoder times it"
-    elif text_encoder is False:
-        why_not["text_encoder"] = "--no-text-encoder"
-    req = BenchRequest(model=spec.name, width=w, height=h, frames=n_frames, steps=steps or 2, why_not=why_not,
-                       notes=notes, full_steps=preset.steps or 50, device=dev, dtype=dt, vae=vae, dit=dit,
-                       compile=compile, text_encoder=text_encoder if text_encoder is not None else dev != "cpu",
-                       offload=offload, fp8=fp8, fp8_matmul=fp8_matmul)  # type: ignore[arg-type]  # fmt: skip
-    log = (lambda _: None) if json_out else (lambda m: stderr.print(f"[dim]{m}…[/]"))
-    result = run_bench(req, log)
-    if not json_out:
-        _table(result.to_dict(), shown=notes)
-    return result.to_dict()
+def _cpu_workload(layer: Any, given: dict[str, Any], steps: int | None, preset: Any,
+                  notes: list[str]) -> tuple[Any, int | None]:  # fmt: skip
+    """On a CPU, the options not given default to a small workload (CPU_WORKLOAD), said in a note on stderr."""
+    picked = {k: v for k, v in CPU_WORKLOAD.items() if given[k] is None}
+    if not picked:
+        return layer, steps
+    layer = layer.model_copy(update={k: v for k, v in picked.items() if k != "steps"})
+    steps = picked.get("steps", steps)
+    words = {"size": "{}x{}".format(*picked.get("size", (0, 0))), "frames": f"{picked.get('frames')} frames",
+             "steps": f"{picked.get('steps')} step" + "s" * (picked.get("steps") != 1)}  # fmt: skip
+    what = ", ".join(words[k] for k in picked)
+    why = "on a CPU" if layer.device == "cpu" else "no GPU found (torch sees no CUDA or MPS device)"
+    pw, ph = preset.size or (832, 480)
+    notes.append(f"{why}: a small workload ({what}) instead of the preset's {pw}x{ph} and {preset.frames} "
+                 "frames (a quarter of an hour or more on a CPU); --size, --frames and --steps choose "
+                 "another")  # fmt: skip
+    stderr.print(f"note: {notes[-1]}", markup=False, highlight=False)
+    return layer, steps
 
 
 def _rate(tflops: float) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import __version__
-from ..engine.errors import Interrupted, WanError
+from ..engine import ATTENTION_BACKENDS, Interrupted, WanError
 from ..presets import env_values, load_preset
 from .errors import UsageError, debug_enabled, report, run_guarded
 from .items import Item, read_prompts_file, stdin_prompt
@@ -29,7 +29,7 @@ from .outputs import Outputs, batch_folder, check_writable
 from .plan import Job, Run, plan_all
 
 if TYPE_CHECKING:
-    from ..engine.pipeline import GenerationResult, Pipeline
+    from ..engine import GenerationResult, Pipeline
 
 OFFLOAD = ("auto", "none", "model", "blocks")
 
@@ -77,6 +77,7 @@ def settings_record(job: Job, result: GenerationResult, timings: dict[str, float
         "dtype": str(req.dtype).removeprefix("torch.") if req.dtype is not None else None,
         "weights": result.weights,
         "offload": result.offload,
+        "attention": result.attention,
         "wan_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -94,7 +95,7 @@ def write_json_atomic(path: Path, record: dict[str, Any]) -> None:
 
 def pipeline_for(run: Run, job: Job) -> Pipeline:
     """One pipeline per device, dtype and weight format, so a batch loads each model once."""
-    from ..engine.pipeline import Pipeline
+    from ..engine import Pipeline
 
     request = job.request
     device = str(request.device)
@@ -106,14 +107,14 @@ def pipeline_for(run: Run, job: Job) -> Pipeline:
     key = (device, str(request.dtype), fp8)
     if key not in run.pipelines:
         run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy, offload=offload,  # type: ignore[arg-type]
-                                      fp8=fp8, compile=run.opts.compile)  # fmt: skip
+                                      fp8=fp8, compile=run.opts.compile, attention=run.opts.attention)  # fmt: skip
     return run.pipelines[key]
 
 
 def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
     """Generate one video and write its files: all of them (MP4, sidecar, latents) or, on any failure or signal,
     none — and the folders made for them are removed again (``outputs.Outputs``)."""
-    from ..engine.video import VideoWriter
+    from ..engine import VideoWriter
 
     t_start = time.perf_counter()
     finals = [p for p in (job.output, job.sidecar, job.latents) if p is not None]
@@ -124,7 +125,7 @@ def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
         timings = dict(result.timings)
         record = settings_record(job, result, timings)
         if job.latents is not None:
-            from ..engine.latents import save_latents
+            from ..engine import save_latents
 
             save_latents(out.staged(job.latents), result.latents, fps=job.settings.fps, source=req.task,
                          model=str(job.settings.model), record=record, force=True)  # fmt: skip
@@ -138,8 +139,7 @@ def produce(job: Job, run: Run, ui: Progress) -> dict[str, Any]:
             timings["load_s"] = result.timings["load_s"]  # now with the VAE's, read for decoding
             timings["decode_write_s"] = time.perf_counter() - t0 - (timings["load_s"] - loaded)
             timings["total_s"] = time.perf_counter() - t_start
-            record = settings_record(job, result, timings)
-            writer.set_metadata(record)
+            record = settings_record(job, result, timings)  # with the decode time: the sidecar's
         write_json_atomic(out.staged(job.sidecar), record)
         out.commit()
     return record
@@ -193,6 +193,9 @@ def start(command: str, prompt: str | None, image: str | None, last_frame: str |
     opts = Options(**raw)
     if opts.offload not in OFFLOAD:
         raise UsageError(f"invalid value for --offload: {opts.offload!r}", hint="use auto, none, model or blocks")
+    if opts.attention not in ATTENTION_BACKENDS:
+        raise UsageError(f"invalid value for --attention: {opts.attention!r}",
+                         hint=f"use one of {', '.join(ATTENTION_BACKENDS)}")  # fmt: skip
     vae_tiling(opts.vae_tile)  # a bad --vae-tile is a usage error before anything runs
     if opts.json_out and opts.quiet:
         raise UsageError("--json and --quiet cannot be used together", hint="pick one")

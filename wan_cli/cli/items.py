@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine.errors import InputError, WanError
+from ..engine import InputError, WanError
 from ..presets import Values, values_from
 from .errors import UsageError
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .. import registry
-from ..engine.errors import InputError
+from ..engine import InputError
 from .errors import UsageError, run_guarded
 from .output import emit_json, emit_line, stderr
 
@@ -59,7 +59,7 @@ def download(
 
     Files go to the huggingface_hub cache (HF_HOME / HF_HUB_CACHE); HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE
     apply. Free disk space is checked before the first byte; an interrupted file is fetched again on the next run;
-    every file is checked against the hash the hub reports.
+    every file fetched is checked against the hash the hub reports.
 
     Examples:
 

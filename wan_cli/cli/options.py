@@ -15,7 +15,7 @@ from ..presets import Values
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from ..engine.vae import Tiling
+    from ..engine import Tiling
 
 HELP = {
     "output": "Output .mp4 (default: <prompt-slug>-<seed>.mp4 here). In a batch: a folder, or a template using "
@@ -48,6 +48,8 @@ HELP = {
     "vae_tile": "Run the VAE in spatial tiles of PX pixels (a multiple of 8, overlapping by a quarter, cross-faded): "
     "for frames too large for GPU memory. Default: whole frames.",
     "compile": "torch.compile the DiT blocks: a one-time ~20 s, then ~25% faster steps on a GPU.",
+    "attention": "Attention kernel: sdpa (PyTorch's choice), cudnn, flash3 (FlashAttention 3), flash "
+    "(FlashAttention 2), sage (SageAttention). auto: flash3 where it is installed, else sdpa.",
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
     "quiet": "Print only the output paths; no progress.",
@@ -79,6 +81,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("offload", str, ("--offload",), "auto|none|model|blocks", "auto"),
     ("vae_tile", int | None, ("--vae-tile",), "PX", None),
     ("compile", bool, ("--compile",), None, False),
+    ("attention", str, ("--attention",), "auto|sdpa|cudnn|flash3|sage", "auto"),
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),
     ("quiet", bool, ("-q", "--quiet"), None, False),
@@ -193,6 +196,7 @@ class Options:
     offload: str = "auto"
     vae_tile: int | None = None
     compile: bool = False
+    attention: str = "auto"
     force: bool = False
     json_out: bool = False
     quiet: bool = False
@@ -209,7 +213,7 @@ def vae_tiling(px: int | None) -> Tiling | None:
         return None
     if px < 16 or px % 8:
         raise UsageError(f"invalid value for --vae-tile: {px}", hint="a multiple of 8 of at least 16, e.g. 256")
-    from ..engine.vae import Tiling
+    from ..engine import Tiling
 
     return Tiling(tile=px, overlap=px // 4 // 8 * 8)
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from ..engine.errors import InputError
+from ..engine import InputError
 from .errors import UsageError
 
 _HELD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -92,7 +92,7 @@ def check_writable(paths: Iterable[Path], force: bool) -> None:
 
 def check_not_inputs(outputs: Iterable[Path], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
     """No output may be one of the run's input files (same path, symlink or hard link), with or without --force."""
-    from ..engine.outputs import check_not_input
+    from ..engine import check_not_input
 
     files = [i for i in inputs if i is not None and str(i) not in ("", "-") and not Path(i).expanduser().is_dir()]
     for out in outputs:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..engine.errors import InputError, Interrupted, WanError
+from ..engine import InputError, Interrupted, WanError
 from ..presets import Settings, Values, is_preset_file, list_presets, load_preset, resolve
 from .errors import debug_enabled, report
 from .items import Item
@@ -21,9 +21,9 @@ from .output import stderr
 from .outputs import batch_folder, check_not_inputs, check_writable, inside, target
 
 if TYPE_CHECKING:
-    from ..engine import Component
-    from ..engine.pipeline import GenerationRequest, Pipeline
+    from ..engine import Component, GenerationRequest, Pipeline
     from ..hub import ModelFiles
+    from ..registry import ModelSpec
 
 T = TypeVar("T")
 # The model each command uses when neither -m, WAN_MODEL nor a preset names one.
@@ -116,7 +116,7 @@ def auto_preset(spec: str, task: str, size: tuple[int, int] | None) -> tuple[str
 
 def _local_variant(spec: str, task: str) -> str | None:
     """A local checkpoint's registry twin, judged by its DiT's type and width (headers only)."""
-    from ..engine.checkpoints import peek_transformer_config
+    from ..engine import peek_transformer_config
 
     try:
         cfg = peek_transformer_config(spec)
@@ -142,23 +142,6 @@ def _beside_in_comfy_tree(files: ModelFiles, task: str, opts: Options) -> tuple[
     return replace(files, root=None, **parts), found.notes
 
 
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        return "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            "CUDA was asked for, but torch sees no CUDA device",
-            hint="use --device cpu, or install a CUDA build of torch (`make install TORCH=torch`)",
-        )
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise InputError("MPS was asked for, but torch sees no Apple GPU", hint="use --device cpu")
-    return name
-
-
 def check_text(text: str, where: str) -> None:
     """Text that cannot be written as UTF-8 (a lone surrogate from a JSON escape) fails now, not after generation."""
     try:
@@ -170,13 +153,46 @@ def check_text(text: str, where: str) -> None:
 
 
 def plan(item: Item, run: Run) -> Job:
-    from ..engine.images import load_image
-    from ..engine.pipeline import GenerationRequest, resolve_seed, validate
+    """One item → its Job: settings merged, model files resolved, seed drawn, outputs named, and everything that can
+    fail checked (request rules, memory fit, images, text, files), all before any model is loaded."""
     from ..hub import resolve_model
 
     if item.error is not None:
         raise item.error
     opts = run.opts
+    task, image, last = _task(item, run)
+    settings = _settings(item, run, task)
+    spec = settings.model or DEFAULT_MODEL[task]
+    variant = _variant(spec, task)
+    files = run.memo(("model", spec), lambda: resolve_model(spec))
+    notes: list[str] = []
+    if files.source == "local":
+        local = files
+        files, found = run.memo(("beside", spec, task), lambda: _beside_in_comfy_tree(local, task, opts))
+        notes = list(found)
+    seed = resolve_seed_of(settings.seed)
+    output, sidecar, latents = _outputs(item, opts, seed, task)
+    request = _request(item, run, settings, files, task, seed, image, last)
+    _check(item, run, settings, request, files, spec)
+    writes = [p for p in (output, sidecar, latents) if p is not None]
+    check_writable(writes, opts.force)
+    check_not_inputs(writes, [image, last, opts.prompts, *files.components.values(), request.vae,
+                              request.text_encoder, request.image_encoder])  # fmt: skip
+    if variant is not None and (settings.width, settings.height) not in variant.sizes:
+        trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
+        what = "size" if task == "t2v" else "area"
+        notes.append(f"note: {variant.name} was trained at {trained}; other {what}s work but may look worse")
+    return Job(item, settings, files, request, output, sidecar, latents, notes)
+
+
+def resolve_seed_of(seed: int | None) -> int:
+    from ..engine import resolve_seed
+
+    return resolve_seed(seed)
+
+
+def _task(item: Item, run: Run) -> tuple[str, str | None, str | None]:
+    """(task, first image, last image): t2v takes none, i2v one, flf2v two."""
     image = item.image or run.image
     last = item.last_frame or run.last_frame
     if run.command == "t2v" and (image or last):
@@ -184,11 +200,15 @@ def plan(item: Item, run: Run) -> Job:
     task = "t2v" if run.command == "t2v" else ("flf2v" if last else "i2v")
     if task != "t2v" and not image:
         raise InputError("no input image", hint='give IMAGE, or an "image" key on each JSONL line')
+    return task, image, last
 
+
+def _settings(item: Item, run: Run, task: str) -> Settings:
+    """The layers merged: defaults < the preset (named, or the model's own) < user file < env < flags < item."""
     user = run.preset if run.opts.preset and is_preset_file(run.opts.preset) else None  # -p FILE: over the model's
     spec = item.values.model or run.flags.model or run.env.model or (user[1].model if user else None)
+    preset_name: str | None
     if run.preset is not None and user is None:
-        preset_name: str | None
         preset_name, preset_values = run.preset
     else:
         size = item.values.size or run.flags.size or (user[1].size if user else None)
@@ -199,28 +219,25 @@ def plan(item: Item, run: Run) -> Job:
                          hint="pick a preset made for this command (`wan presets list`)")  # fmt: skip
     preset_values = preset_values.model_copy(update={"task": task})
     settings = resolve(preset_values, run.env, run.flags, item.values, preset=preset_name, user=user)
-    spec = settings.model or DEFAULT_MODEL[task]
-    settings = settings.model_copy(update={"model": spec})
+    return settings.model_copy(update={"model": settings.model or DEFAULT_MODEL[task]})
 
-    from ..engine.transformer import a_model
+
+def _variant(spec: str, task: str) -> ModelSpec | None:
+    """The registry variant ``spec`` names (None for a local path), refused if it is for another task."""
+    from ..engine import a_model
     from ..registry import find
 
     variant = find(spec) if not Path(spec).expanduser().exists() else None
-    if variant is not None:
-        variant_task = variant.task
-        if variant_task != task:
-            cmd = "t2v" if variant_task == "t2v" else "i2v"
-            extra = " --last-frame LAST" if variant_task == "flf2v" else ""
-            raise InputError(f"{variant.name} is {a_model(variant_task)}; this run is {task}",
-                             hint=f"use `wan {cmd} …{extra}` with it, or -m {DEFAULT_MODEL[task]}")  # fmt: skip
-    files = run.memo(("model", spec), lambda: resolve_model(spec))
-    found_notes: list[str] = []
-    if files.source == "local":
-        local = files
-        files, found_notes = run.memo(("beside", spec, task), lambda: _beside_in_comfy_tree(local, task, opts))
-        found_notes = list(found_notes)
+    if variant is not None and variant.task != task:
+        cmd = "t2v" if variant.task == "t2v" else "i2v"
+        extra = " --last-frame LAST" if variant.task == "flf2v" else ""
+        raise InputError(f"{variant.name} is {a_model(variant.task)}; this run is {task}",
+                         hint=f"use `wan {cmd} …{extra}` with it, or -m {DEFAULT_MODEL[task]}")  # fmt: skip
+    return variant
 
-    seed = resolve_seed(settings.seed)
+
+def _outputs(item: Item, opts: Options, seed: int, task: str) -> tuple[Path, Path, Path | None]:
+    """(video, sidecar, latents file or None): `-o` as a file, folder or template; a JSONL `output` inside it."""
     slug = slugify(item.prompt)
     fields: dict[str, object] = {"index": item.index, "seed": seed, "slug": slug, "task": task}
     own = inside(batch_folder(opts.output), item.output, item.where) if item.output else None
@@ -229,11 +246,17 @@ def plan(item: Item, run: Run) -> Job:
                     else opts.save_latents)  # fmt: skip
     latents = (target(latents_spec, f"{slug}-{seed}.safetensors", fields, ".safetensors", "--save-latents")
                if latents_spec else None)  # fmt: skip
-    sidecar = output.with_suffix(".json")
+    return output, output.with_suffix(".json"), latents
 
-    import torch
 
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+def _request(item: Item, run: Run, settings: Settings, files: ModelFiles, task: str, seed: int,
+             image: str | None, last: str | None) -> GenerationRequest:  # fmt: skip
+    """The engine's request, validated by the engine's rules (engine/request.py)."""
+    from ..engine import GenerationRequest, resolve_device, resolve_dtype, validate
+
+    opts = run.opts
+    device = run.memo(("device", settings.device), lambda: resolve_device(settings.device))
+    compute = None if settings.dtype == "fp8" else settings.dtype  # fp8: stored in fp8, computed in the auto dtype
     request = GenerationRequest(
         prompt=item.prompt, model=str(files.root or ""), task=task,  # type: ignore[arg-type]
         negative_prompt=settings.negative_prompt, image=image, last_image=last,
@@ -241,12 +264,20 @@ def plan(item: Item, run: Run) -> Job:
         guidance=settings.guidance, shift=settings.shift, solver=settings.solver, seed=seed,
         dit=files.dit, vae=opts.vae or files.vae, text_encoder=opts.text_encoder or files.text_encoder,
         tokenizer=opts.tokenizer or files.tokenizer, image_encoder=opts.image_encoder or files.image_encoder,
-        device=run.memo(("device", settings.device), lambda: pick_device(settings.device)),
-        dtype=dtypes.get(settings.dtype), tiling=vae_tiling(opts.vae_tile),
+        device=device, dtype=resolve_dtype(compute, device), tiling=vae_tiling(opts.vae_tile),
     )  # fmt: skip
     validate(request)
+    return request
+
+
+def _check(item: Item, run: Run, settings: Settings, request: GenerationRequest, files: ModelFiles,
+           spec: str) -> None:  # fmt: skip
+    """What can fail later, checked now: every component given, the size fits the device's memory (headers only),
+    the images open, the text is valid UTF-8."""
+    from ..engine import check_fits, load_image, peek_transformer_config
+
     if files.root is None:  # split files (ComfyUI): every component needs its own path
-        needed = ("vae", "text_encoder") + (("image_encoder",) if task != "t2v" else ())
+        needed = ("vae", "text_encoder") + (("image_encoder",) if request.task != "t2v" else ())
         missing = ["--" + c.replace("_", "-") for c in needed if getattr(request, c) is None]
         if missing:
             flags = " and ".join(m + " PATH" for m in missing)
@@ -254,26 +285,14 @@ def plan(item: Item, run: Run) -> Job:
                              hint=f"pass {flags}, or a whole model folder")  # fmt: skip
     dit_path = files.dit or files.root
     if dit_path is not None:  # a size that cannot fit whatever the memory mode is refused now (headers only)
-        from ..engine import check_fits, peek_transformer_config
-
         cfg = run.memo(("dit", str(dit_path)), lambda: peek_transformer_config(dit_path))
         check_fits(settings.width, settings.height, settings.frames, request.device, dim=cfg.dim,
-                   ffn_dim=cfg.ffn_dim, tile=opts.vae_tile, what=f"{item.where or 'this video'}")  # fmt: skip
-    for img in (image, last):
+                   ffn_dim=cfg.ffn_dim, tile=run.opts.vae_tile, what=f"{item.where or 'this video'}")  # fmt: skip
+    for img in (request.image, request.last_image):
         if img is not None:  # a missing, unreadable or animated image fails here, before any model is loaded
             run.memo(("image", str(img)), lambda img=img: load_image(img).shape)  # type: ignore[misc]
     for text in (item.prompt, settings.negative_prompt or ""):
         check_text(text, item.where)
-    writes = [p for p in (output, sidecar, latents) if p is not None]
-    check_writable(writes, opts.force)
-    check_not_inputs(writes, [image, last, opts.prompts, *files.components.values(), request.vae,
-                              request.text_encoder, request.image_encoder])  # fmt: skip
-    notes = found_notes
-    if variant is not None and (settings.width, settings.height) not in variant.sizes:
-        trained = ", ".join(f"{w}x{h}" for w, h in variant.sizes)
-        what = "size" if task == "t2v" else "area"
-        notes.append(f"note: {variant.name} was trained at {trained}; other {what}s work but may look worse")
-    return Job(item, settings, files, request, output, sidecar, latents, notes)
 
 
 def plan_all(run: Run, items: list[Item]) -> tuple[list[Job], int]:

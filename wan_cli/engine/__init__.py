@@ -9,7 +9,8 @@
   ComfyUI ``models/`` tree, the VAE / text encoder / CLIP in its sibling folders.
 - ``load_text_encoder`` / ``load_image_encoder`` → UMT5 and CLIP (transformers models) from any layout.
 - ``generate(GenerationRequest)`` → :class:`GenerationResult` (latents + a frame stream); a :class:`Pipeline`
-  keeps models loaded across a batch.
+  keeps models loaded across a batch. ``validate(request)``: every rule of a request, checked before loading.
+- ``run_bench(BenchRequest)`` → :class:`BenchResult`: `wan bench`, timed through the same Pipeline path.
 
 Names are imported lazily (PEP 562), so importing ``wan_cli.engine.errors`` (as the CLI does for `--help`) does
 not pull in torch.
@@ -21,21 +22,49 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "bench": ("BENCH_MODELS", "BenchRequest", "BenchResult", "latent_shape", "run_bench"),
     "checkpoints": ("load_transformer", "load_vae", "peek_transformer_config"),
-    "discover": ("CheckpointInfo", "FolderInfo", "find_components", "inspect_checkpoint"),
     "conditioning": ("ImageEncoder", "TextEncoder", "load_image_encoder", "load_text_encoder"),
+    "devices": ("resolve_device", "resolve_dtype"),
+    "discover": ("CheckpointInfo", "FolderInfo", "find_components", "inspect_checkpoint"),
     "errors": ("CheckpointError", "InputError", "Interrupted", "WanError"),
-    "latents": ("LatentsWriter", "iter_latents", "read_latents_info"),
+    "images": ("load_image",),
+    "latents": ("LatentsWriter", "iter_latents", "read_latents_info", "save_latents"),
     "layouts": ("Component",),
-    "memory": ("check_fits", "tune_host_allocator"),
-    "pipeline": ("GenerationRequest", "GenerationResult", "Pipeline", "generate"),
-    "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel"),
+    "memory": ("OFFLOAD_MODES", "Offload", "check_fits", "tune_host_allocator"),
+    "outputs": ("check_not_input",),
+    "pipeline": ("GenerationResult", "Pipeline", "generate"),
+    "request": (
+        "ATTENTION_BACKENDS",
+        "DEFAULT_NEGATIVE_PROMPTS",
+        "GenerationRequest",
+        "SOLVERS",
+        "Solver",
+        "TASKS",
+        "Task",
+        "check_frame_count",
+        "check_size",
+        "latent_tokens",
+        "resolve_seed",
+        "validate",
+    ),
+    "transcode": ("Transcoded", "decode_latents", "encode_video"),
+    "transformer": ("DIT_CONFIGS", "WanDiTConfig", "WanModel", "a_model"),
+    "vae": ("FeatureCache", "Tiling", "WanVAE", "WanVAEConfig"),
+    "vae_stream": ("StreamDecoder", "StreamEncoder"),
     "video": ("VideoReader", "VideoWriter"),
-    "vae": ("FeatureCache", "StreamDecoder", "StreamEncoder", "Tiling", "WanVAE", "WanVAEConfig", "check_frame_count"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
+    "ATTENTION_BACKENDS",
+    "BENCH_MODELS",
+    "DEFAULT_NEGATIVE_PROMPTS",
     "DIT_CONFIGS",
+    "OFFLOAD_MODES",
+    "SOLVERS",
+    "TASKS",
+    "BenchRequest",
+    "BenchResult",
     "CheckpointError",
     "CheckpointInfo",
     "Component",
@@ -47,11 +76,15 @@ __all__ = [
     "InputError",
     "Interrupted",
     "LatentsWriter",
+    "Offload",
     "Pipeline",
+    "Solver",
     "StreamDecoder",
     "StreamEncoder",
+    "Task",
     "TextEncoder",
     "Tiling",
+    "Transcoded",
     "VideoReader",
     "VideoWriter",
     "WanDiTConfig",
@@ -59,19 +92,33 @@ __all__ = [
     "WanModel",
     "WanVAE",
     "WanVAEConfig",
+    "a_model",
     "check_fits",
     "check_frame_count",
+    "check_not_input",
+    "check_size",
+    "decode_latents",
+    "encode_video",
     "find_components",
     "generate",
     "inspect_checkpoint",
     "iter_latents",
+    "latent_shape",
+    "latent_tokens",
+    "load_image",
     "load_image_encoder",
     "load_text_encoder",
     "load_transformer",
     "load_vae",
     "peek_transformer_config",
     "read_latents_info",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_seed",
+    "run_bench",
+    "save_latents",
     "tune_host_allocator",
+    "validate",
 ]
 assert set(_WHERE) == set(__all__)
 
@@ -83,14 +130,34 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
+    from .bench import BENCH_MODELS, BenchRequest, BenchResult, latent_shape, run_bench
     from .checkpoints import load_transformer, load_vae, peek_transformer_config
     from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
+    from .devices import resolve_device, resolve_dtype
     from .discover import CheckpointInfo, FolderInfo, find_components, inspect_checkpoint
     from .errors import CheckpointError, InputError, Interrupted, WanError
-    from .latents import LatentsWriter, iter_latents, read_latents_info
+    from .images import load_image
+    from .latents import LatentsWriter, iter_latents, read_latents_info, save_latents
     from .layouts import Component
-    from .memory import check_fits, tune_host_allocator
-    from .pipeline import GenerationRequest, GenerationResult, Pipeline, generate
-    from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel
-    from .vae import FeatureCache, StreamDecoder, StreamEncoder, Tiling, WanVAE, WanVAEConfig, check_frame_count
+    from .memory import OFFLOAD_MODES, Offload, check_fits, tune_host_allocator
+    from .outputs import check_not_input
+    from .pipeline import GenerationResult, Pipeline, generate
+    from .request import (
+        ATTENTION_BACKENDS,
+        DEFAULT_NEGATIVE_PROMPTS,
+        SOLVERS,
+        TASKS,
+        GenerationRequest,
+        Solver,
+        Task,
+        check_frame_count,
+        check_size,
+        latent_tokens,
+        resolve_seed,
+        validate,
+    )
+    from .transcode import Transcoded, decode_latents, encode_video
+    from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, a_model
+    from .vae import FeatureCache, Tiling, WanVAE, WanVAEConfig
+    from .vae_stream import StreamDecoder, StreamEncoder
     from .video import VideoReader, VideoWriter

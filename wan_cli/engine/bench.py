@@ -4,6 +4,11 @@ matmul peak, text-encoder time, VAE decode speed, peak memory per phase, and the
 Random weights at the true architecture by default (the speed of a network does not depend on its weights; the
 values are kept in a sane range so no kernel takes a NaN path). FLOPs are counted, not sampled: see
 :func:`dit_flops` and ``docs/performance.md``.
+
+Everything timed runs through the generation path: a :class:`Pipeline` with the run's settings prepares the DiT
+(``prepare_dit``: fp8 matmul, attention kernel, block streaming or fused q/k/v, compile) and the text encoder
+(``prepare_text_encoder``), ``sampling.denoise`` runs the steps (CFG batched or not as the pipeline decides) and
+``sampling.decode_frames`` the VAE. A speed change shows up in ``wan t2v`` and ``wan bench`` alike.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ from typing import Any
 import torch
 
 from .conditioning import TextEncoder
-from .memory import BlockStreamer, Offload
+from .memory import Offload
 from .ops import quantize_fp8
-from .prepare import FP8_KEYS, compile_blocks, fuse_qkv_, set_fp8_matmul, store_fp8_weights
+from .pipeline import Pipeline
+from .prepare import FP8_KEYS, store_fp8_weights
+from .sampling import Conditioning, decode_frames, denoise
 from .transformer import DIT_CONFIGS, WanDiTConfig, WanModel, build_transformer
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, WanVAE, WanVAEConfig, build_vae
 
@@ -91,6 +98,15 @@ class PeakMemory:
             self.gib = kib / 2**20 if sys.platform != "darwin" else kib / 2**30  # macOS reports bytes
 
 
+def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, the device's queue drained before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Mean seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
     return timed_with_first(fn, device, repeats)[1]
@@ -136,8 +152,8 @@ def random_dit(
     minutes): N(0, 0.02) matrices, norm gains near 1, the official dtype rules (fp32 where the model keeps fp32).
 
     ``fp8``: the block matmul weights quantised as ``--dtype fp8`` stores them. ``stream_blocks``: each block tensor
-    goes to host memory as soon as it is drawn (so a 14B model never sits whole on the device) and the blocks are
-    streamed as ``--offload blocks`` does.
+    goes to host memory as soon as it is drawn (so a 14B model never sits whole on the device), where
+    ``Pipeline.prepare_dit`` streams it from, as ``--offload blocks`` does.
 
     On a CPU every block is a copy of the first one's draw: a CPU draws 1.4B normals in ~15 s (2 cores), a copy
     costs a tenth of that, and neither speed nor memory depends on the values."""
@@ -163,8 +179,6 @@ def random_dit(
         state[name] = t.cpu() if stream_blocks and name.startswith("blocks.") else t
     model.load_state_dict(state, strict=True, assign=True)
     store_fp8_weights(model, scales, dtype)
-    if stream_blocks:
-        BlockStreamer(model.blocks, device)
     return model.eval().requires_grad_(False)
 
 
@@ -201,9 +215,11 @@ class BenchRequest:
     dtype: torch.dtype = torch.bfloat16
     text_encoder: bool = True  # build the real UMT5-XXL (5.7B parameters) and time it
     vae: bool = True
-    dit: WanModel | None = None  # an installed model instead of random weights
+    dit: str | None = None  # an installed DiT's weights (a file or folder) instead of random weights
     compile: bool = False  # torch.compile the DiT blocks (the first step then includes the compilation)
-    offload: Offload = "none"  # model: the text encoder streams its blocks, CFG in two passes; blocks: the DiT too
+    # model: the text encoder streams its blocks, CFG in two passes; blocks: the DiT too; None: as `--offload auto`
+    offload: Offload | None = None
+    attention: str = "sdpa"  # the kernel, as `wan t2v --attention` (ops.resolve_attention)
     fp8: bool = False  # DiT block weights stored in fp8 (`--dtype fp8`), computed in `dtype`
     fp8_matmul: bool = False  # and multiplied in fp8 (torch._scaled_mm)
     why_not: dict[str, str] = field(default_factory=dict)  # phase → why it is off ("--no-vae"), for the report
@@ -251,11 +267,13 @@ def _device_name(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def bench_text_encoder(device: torch.device, dtype: torch.dtype, stream: bool = False) -> tuple[float, float]:
-    """UMT5-XXL at its true shape (random weights): one batch of prompt + negative prompt, 512 tokens each.
-    ``stream``: as the offload modes run it, blocks streamed from host memory, the embedding lookup on the CPU."""
+def bench_text_encoder(pipe: Pipeline, dtype: torch.dtype) -> tuple[float, float]:
+    """UMT5-XXL at its true shape (random weights): one batch of prompt + negative prompt, 512 tokens each, run as
+    the pipeline runs it (``Pipeline.prepare_text_encoder``: with offloading the blocks stream from host memory and
+    the embedding lookup stays on the CPU)."""
     from transformers import UMT5Config, UMT5EncoderModel
 
+    device, stream = pipe.device, pipe.offload != "none"
     cfg = UMT5Config(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_heads=64, num_layers=24,
                      feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, dropout_rate=0.0)  # fmt: skip
     with PeakMemory(device) as mem:
@@ -272,22 +290,64 @@ def bench_text_encoder(device: torch.device, dtype: torch.dtype, stream: bool = 
         model.load_state_dict(state, strict=True, assign=True)
         model.eval().requires_grad_(False)
         del state
-        encoder = TextEncoder(model, tokenizer=None)
-        if stream:
-            BlockStreamer(model.encoder.block, device)
-            encoder.run_on(device)
+        encoder = pipe.prepare_text_encoder(TextEncoder(model, tokenizer=None), ("text_encoder", "random"))
         ids = torch.randint(0, 256384, (2, TEXT_TOKENS), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             seconds = timed(functools.partial(encoder.hidden_states, ids, torch.ones_like(ids)), device, repeats=1)
+        pipe.close()
         del model, encoder
     return seconds, mem.gib
 
 
-def _cfg_step(model: WanModel, args: tuple[torch.Tensor | None, ...], batched: bool) -> object:
-    """One denoising step's DiT work: cond + uncond as one batch of two, or (offload modes) two passes."""
-    if batched:
-        return model(*args)
-    return [model(*(a[i : i + 1] if a is not None else None for a in args)) for i in (0, 1)]
+def _dit(req: BenchRequest, pipe: Pipeline, cfg: WanDiTConfig) -> WanModel:
+    """The DiT as ``wan t2v`` would run it: installed weights through ``Pipeline.dit`` (loader + preparation), or
+    random ones at the true shape through the same ``Pipeline.prepare_dit``."""
+    if req.dit is not None:
+        return pipe.dit(req.dit, cfg.model_type)
+    # drawn where it computes (an offloaded model visits the device for its phase), blocks kept in host memory
+    # when they stream
+    model = random_dit(cfg, pipe.device, req.dtype, fp8=pipe.fp8, stream_blocks=pipe.offload == "blocks")
+    return pipe.prepare_dit(model)
+
+
+def _time_dit(req: BenchRequest, pipe: Pipeline, cfg: WanDiTConfig, tokens: int, log: Log) -> tuple[float, float]:
+    """(first step, mean step) of ``sampling.denoise`` with CFG, as the pipeline batches it."""
+    device = pipe.device
+    f, h, w = latent_shape(req.width, req.height, req.frames)
+    clip = CLIP_TOKENS[cfg.model_type]
+    model = _dit(req, pipe, cfg)
+    g = torch.Generator(device).manual_seed(1)
+    noise = torch.randn(1, 16, f, h, w, device=device, generator=g)
+    clip_fea = torch.randn(1, clip, 1280, device=device, generator=g) if clip else None
+    y = torch.randn(1, 20, f, h, w, device=device, generator=g) if cfg.model_type != "t2v" else None
+    cond, uncond = (Conditioning(torch.randn(TEXT_TOKENS, cfg.text_dim, device=device, generator=g) * 0.1,
+                                 clip_fea, y) for _ in range(2))  # fmt: skip
+    batch = pipe.cfg_batch(model, tokens)
+
+    def steps(n: int) -> object:
+        return denoise(model, noise, cond, uncond, steps=n, shift=5.0, solver="unipc", guidance=5.0, batch=batch)
+
+    log(f"timing {req.steps} DiT step{'s' * (req.steps != 1)} at {tokens} tokens (+1 warm-up)")
+    with torch.inference_mode():
+        first = seconds_of(lambda: steps(1), device)  # the warm-up (and compilation with --compile)
+        total = seconds_of(lambda: steps(req.steps), device)
+    pipe.close()
+    return first, total / req.steps
+
+
+def _time_vae(req: BenchRequest, device: torch.device) -> tuple[float, float, float]:
+    """(seconds, frames/s, peak GiB) of ``sampling.decode_frames``: frames to host memory, as a video is written."""
+    f, h, w = latent_shape(req.width, req.height, req.frames)
+    with PeakMemory(device) as mem:
+        vae = random_vae(device)
+        z = torch.randn(16, f, h, w) * 0.5
+        sync(device)
+        t0 = time.perf_counter()
+        n = sum(chunk.shape[1] for chunk in decode_frames(vae, z))
+        sync(device)
+        seconds = time.perf_counter() - t0
+        del vae, z
+    return seconds, n / seconds, mem.gib
 
 
 def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
@@ -298,6 +358,9 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
     clip = CLIP_TOKENS[cfg.model_type]
     notes: list[str] = list(req.notes)
     skipped: dict[str, str] = {}
+    pipe = Pipeline(device=device, dtype=req.dtype, offload=req.offload, fp8=req.fp8, fp8_matmul=req.fp8_matmul,
+                    compile=req.compile, attention=req.attention)  # fmt: skip
+    offload = pipe.resolve_offload(cfg, tokens, req.dit)
 
     log(f"measuring the {req.dtype} matmul peak")
     peak = matmul_peak(device, req.dtype)
@@ -305,36 +368,13 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
     text_s = text_mem = None
     if req.text_encoder:
         log("timing the text encoder (UMT5-XXL, 5.7B parameters)")
-        text_dtype = torch.bfloat16 if req.dtype != torch.float32 else req.dtype
-        text_s, text_mem = bench_text_encoder(device, text_dtype, stream=req.offload != "none")
+        text_s, text_mem = bench_text_encoder(pipe, torch.bfloat16 if req.dtype != torch.float32 else req.dtype)
     else:
         skipped["text_encoder"] = req.why_not.get("text_encoder", "not asked for")
 
     log(f"building the DiT ({BENCH_MODELS[req.model]}, {'installed' if req.dit else 'random'} weights)")
-    stream = req.offload == "blocks"
     with PeakMemory(device) as dit_mem:
-        if req.dit is not None:
-            model = req.dit
-        else:
-            model = random_dit(cfg, device, req.dtype, fp8=req.fp8 or req.fp8_matmul, stream_blocks=stream)
-        if req.fp8_matmul:
-            set_fp8_matmul(model, True)
-        if not stream:
-            fuse_qkv_(model)  # as the pipeline runs a resident DiT
-        if req.compile:
-            compile_blocks(model)
-        g = torch.Generator(device).manual_seed(1)
-        x = torch.randn(2, 16, f, h, w, device=device, generator=g)
-        t = torch.tensor([900.0, 900.0], device=device)
-        ctx = torch.randn(2, TEXT_TOKENS, cfg.text_dim, device=device, generator=g) * 0.1
-        clip_fea = torch.randn(2, clip, 1280, device=device, generator=g) if clip else None
-        y = torch.randn(2, 20, f, h, w, device=device, generator=g) if cfg.model_type != "t2v" else None
-        log(f"timing {req.steps} DiT step{'s' * (req.steps != 1)} at {tokens} tokens (+1 warm-up)")
-        step_fn = functools.partial(_cfg_step, model, (x, t, ctx, clip_fea, y), req.offload == "none")
-        with torch.inference_mode():
-            first, step = timed_with_first(step_fn, device, req.steps)
-        del step_fn
-    del model, x, ctx, clip_fea, y
+        first, step = _time_dit(req, pipe, cfg, tokens, log)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     flops = dit_flops(cfg, tokens, clip=clip)
@@ -342,17 +382,7 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
     vae_s = vae_fps = vae_mem = None
     if req.vae:
         log(f"timing the VAE decode of {req.frames} frames at {req.width}x{req.height}")
-        with PeakMemory(device) as mem:
-            vae = random_vae(device)
-            z = torch.randn(1, 16, f, h, w, device=device) * 0.5
-            dec = vae.stream_decoder()
-            sync(device)
-            t0 = time.perf_counter()
-            n = sum(chunk.shape[2] for chunk in dec.push(z))
-            sync(device)
-            vae_s = time.perf_counter() - t0
-            del vae, z
-        vae_fps, vae_mem = n / vae_s, mem.gib
+        vae_s, vae_fps, vae_mem = _time_vae(req, device)
     else:
         skipped["vae"] = req.why_not.get("vae", "not asked for")
 
@@ -369,7 +399,7 @@ def run_bench(req: BenchRequest, log: Log = lambda _: None) -> BenchResult:
         dtype=str(req.dtype).removeprefix("torch."), size=f"{req.width}x{req.height}", frames=req.frames,
         tokens=tokens, matmul_tflops=peak / 1e12, step_s=step, flop_per_step=flops,
         achieved_tflops=achieved / 1e12, peak_fraction=achieved / peak, dit_peak_gib=dit_mem.gib,
-        first_step_s=first, compiled=req.compile, offload=req.offload,
+        first_step_s=first, compiled=req.compile, offload=offload,
         weights="fp8 matmul" if req.fp8_matmul else "fp8" if req.fp8 else "as stored",
         text_encode_s=text_s, text_peak_gib=text_mem, vae_decode_s=vae_s, vae_fps=vae_fps, vae_peak_gib=vae_mem,
         full_steps=req.full_steps, projected_s=projected, skipped=skipped, notes=notes,

@@ -3,8 +3,9 @@
 Facts: ``checkpoint-formats.md``. One recipe for every layout: open the file(s) lazily, recognise what they hold
 from key names and shapes, map foreign names onto the official ones (one rename table per layout), check the key
 set and every shape against a model built on the meta device, then read tensor by tensor (dequantising fp8 and
-casting to the storage dtype on the way) and ``load_state_dict(strict=True, assign=True)``. Nothing is loaded
-non-strictly; the only keys skipped are the named allow-list in ``IGNORED_KEYS``.
+casting to the storage dtype on the way) and ``load_state_dict(strict=True, assign=True)``: ``loading.load_strict``,
+the recipe the text and image encoders share. Nothing is loaded non-strictly; the only keys skipped are the named
+allow-list in ``IGNORED_KEYS``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from .layouts import (
     COMPONENT_FILES,
     SCALE_SUFFIX,
     Layout,
-    check_keys,
     detect_kind,
     dit_key_to_diffusers,
     vae_key_to_diffusers,
     wrong_kind,
 )
+from .loading import load_strict, materialise
 from .ops import FP8, quantize_fp8
 from .prepare import FP8_KEYS, store_fp8_weights
 from .quant import QuantizedTensor
@@ -36,7 +37,6 @@ from .tensors import Source, open_source, resolve_files
 from .transformer import DIT_CONFIGS, ModelType, WanDiTConfig, WanModel, a_model, build_transformer
 from .vae import WanVAE, WanVAEConfig, build_vae
 
-_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 _RELEASED_HEADS = {cfg.dim: cfg.num_heads for cfg in DIT_CONFIGS.values()}  # 1536 → 12, 5120 → 40 (head width 128)
 
 
@@ -173,24 +173,6 @@ class DiTPlan:
         self.rename = rename
 
 
-def is_fp8(dtype: torch.dtype) -> bool:
-    return dtype in _FP8_DTYPES
-
-
-def materialise(src: Source, file_key: str, target: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    t = src.get(file_key)
-    scale_key = file_key.removesuffix(".weight") + SCALE_SUFFIX
-    if scale_key in src:
-        t = t.float() * src.get(scale_key).float()  # scaled fp8: W = W_fp8 · scale_weight
-    elif t.dtype in _FP8_DTYPES:
-        t = t.float()
-    return t.to(device=device, dtype=target)
-
-
-def _torch_device(device: str | torch.device) -> torch.device:
-    return torch.device(device)
-
-
 def load_transformer(
     path: str | Path,
     *,
@@ -217,21 +199,28 @@ def load_transformer(
             hint=f"pass a {model_type} checkpoint (`wan inspect PATH` tells what a file holds)",
         )
     model = build_transformer(plan.config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    to_file = {k: plan.prefix + plan.rename(k) for k in expected}
-    check_keys(plan.src, expected, to_file, f"{plan.config.model_type} DiT")
-    dev = _torch_device(device)
-    blocks = _gguf_blocks(plan.src, to_file, dev)
-    scales: dict[str, torch.Tensor] = {}
-    state: dict[str, torch.Tensor] = {}
-    for k, f in to_file.items():
-        if k in blocks:  # a placeholder: the layer takes the blocks below
-            state[k] = torch.empty(expected[k], dtype=dtype, device="meta")
-        elif fp8 and FP8_KEYS.match(k):
-            state[k], scales[k] = _fp8_weight(plan.src, f, dev)
-        else:
-            state[k] = materialise(plan.src, f, torch.float32 if WanModel.keeps_fp32(k) else dtype, dev)
-    model.load_state_dict(state, strict=True, assign=True)
+    src, dev = plan.src, torch.device(device)
+    _check_gguf_types(src)
+    blocks: dict[str, QuantizedTensor] = {}  # GGUF block matmul weights, kept quantised
+    scales: dict[str, torch.Tensor] = {}  # fp8 storage: each weight's fp32 scale
+
+    def read(k: str, f: str) -> torch.Tensor | None:
+        """The blocks' matmul weights (``FP8_KEYS``) when not read plainly. A GGUF's quantised ones are kept as
+        stored: each layer dequantises its own per call, so a Q4 14B DiT holds ~9 GB, not 28 (other quantised
+        tensors, embeddings if a file quantises them, are dequantised at load). With ``fp8``: scaled float8."""
+        if not FP8_KEYS.match(k):
+            return None
+        if isinstance(src, GGUFSource) and (qt := src.quantized(f)) is not None:
+            blocks[k] = qt.to(dev)
+            return torch.empty(src.shape(f), dtype=dtype, device="meta")  # a placeholder: the layer takes qt below
+        if fp8:
+            t, scales[k] = _fp8_weight(src, f, dev)
+            return t
+        return None
+
+    to_file = {k: plan.prefix + plan.rename(k) for k in model.state_dict()}
+    load_strict(model, src, to_file, f"{plan.config.model_type} DiT", device=dev, read=read,
+                dtype=lambda k: torch.float32 if WanModel.keeps_fp32(k) else dtype)  # fmt: skip
     store_fp8_weights(model, scales, dtype)
     for k, qt in blocks.items():
         layer = model.get_submodule(k.removesuffix(".weight"))
@@ -240,22 +229,13 @@ def load_transformer(
     return model.eval().requires_grad_(False)
 
 
-def _gguf_blocks(src: Source, to_file: dict[str, str], device: torch.device) -> dict[str, QuantizedTensor]:
-    """A GGUF's quantised block matmul weights (``FP8_KEYS``), kept as stored: each layer dequantises its own per
-    call, so a Q4 14B DiT holds ~9 GB, not 28. Other quantised tensors (embeddings, if a file quantises them) are
-    dequantised at load. Empty for other formats."""
-    if not isinstance(src, GGUFSource):
-        return {}
-    bad = src.unsupported()
+def _check_gguf_types(src: Source) -> None:
+    """Refuse a GGUF that stores tensors in types wan cannot read (headers only; other formats pass)."""
+    bad = src.unsupported() if isinstance(src, GGUFSource) else {}
     if bad:
         key, qtype = next(iter(bad.items()))
         raise CheckpointError(f"{src.name} stores {len(bad)} tensors as types wan cannot read ({key}: {qtype})",
                               hint="use a file in Q8_0, Q6_K, Q5_K, Q5_0/1, Q4_K, Q4_0/1, Q3_K or Q2_K")  # fmt: skip
-    out = {}
-    for k, f in to_file.items():
-        if FP8_KEYS.match(k) and (qt := src.quantized(f)) is not None:
-            out[k] = qt.to(device)
-    return out
 
 
 def _fp8_weight(src: Source, file_key: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,12 +308,6 @@ def load_vae(path: str | Path, *, device: str | torch.device = "cpu", dtype: tor
     """
     plan = VAEPlan(path)
     vae = build_vae(plan.config)
-    expected = {k: tuple(v.shape) for k, v in vae.state_dict().items()}
-    to_file = {k: plan.prefix + plan.rename(k) for k in expected}
-    check_keys(plan.src, expected, to_file, "Wan VAE")
-    dev = _torch_device(device)
-    state = {k: materialise(plan.src, f, dtype, dev) for k, f in to_file.items()}
-    vae.load_state_dict(state, strict=True, assign=True)
-    vae.latent_mean = vae.latent_mean.to(dev)
-    vae.latent_inv_std = vae.latent_inv_std.to(dev)
+    to_file = {k: plan.prefix + plan.rename(k) for k in vae.state_dict()}
+    load_strict(vae, plan.src, to_file, "Wan VAE", device=device, dtype=dtype)  # the latent statistics move too
     return vae.eval().requires_grad_(False)

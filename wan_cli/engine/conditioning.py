@@ -22,10 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import materialise
 from .errors import CheckpointError, InputError
 from .gguf import GGUFSource
-from .layouts import CLIP_HF_PREFIX, COMPONENT_FILES, check_keys, clip_to_hf, detect_kind, t5_official_to_hf, wrong_kind
+from .layouts import CLIP_HF_PREFIX, COMPONENT_FILES, clip_to_hf, detect_kind, t5_official_to_hf, wrong_kind
+from .loading import check_model, load_strict
 from .tensors import Source, TensorSource, open_source, resolve_files
 from .tokenizer import TOKENIZER_HINT, load_tokenizer, tokenizer_beside, tokenizer_from_gguf, tokenizer_from_spiece
 
@@ -47,7 +47,8 @@ def clean_prompt(text: str) -> str:
 # UMT5 text encoder
 # --------------------------------------------------------------------------------------------------------------------
 
-_T5_IGNORED = re.compile(r"^encoder\.embed_tokens\.weight$")  # the tied alias of shared.weight
+_T5_TIED = {"encoder.embed_tokens.weight": "shared.weight"}  # the input embedding is the shared table
+_T5_IGNORED = re.compile(r"^encoder\.embed_tokens\.weight$")  # a file's copy of that alias
 
 
 def _umt5_config_from_shapes(src: Source) -> Any:
@@ -147,14 +148,12 @@ def load_text_encoder(
         raise CheckpointError(f"{src.name} is not a complete UMT5 encoder ({exc})", hint="download it again") from exc
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}
-    check_keys(src, expected, {k: k for k in expected}, "UMT5 text encoder", ignore=_T5_IGNORED)
+    to_file = {k: k for k in model.state_dict() if k not in _T5_TIED}
+    # Fail early: a bad file before the tokenizer is looked for, a missing tokenizer before any tensor is read
+    # (load_strict checks the keys again: headers only).
+    check_model(model, src, to_file, "UMT5 text encoder", ignore=_T5_IGNORED)
     tok = load_tokenizer(tokenizer) if tokenizer is not None else _tokenizer_for(files, src)
-    dev = torch.device(device)
-    state = {k: materialise(src, k, dtype, dev) for k in expected}
-    state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied
-    model.load_state_dict(state, strict=True, assign=True)
-    _materialise_buffers(model, dev)
+    load_strict(model, src, to_file, "UMT5 text encoder", device=device, dtype=dtype, ignore=_T5_IGNORED, tied=_T5_TIED)
     return TextEncoder(model.eval().requires_grad_(False), tok)
 
 
@@ -222,20 +221,21 @@ def load_image_encoder(
 ) -> ImageEncoder:
     """Load the CLIP vision tower (fp16 by default, as the official code runs it), without its unused last block."""
     files, raw_cfg = resolve_files(path, *COMPONENT_FILES["image_encoder"])
-    src, model, expected = plan_image_encoder(open_source(files), raw_cfg)
-    dev = torch.device(device)
-    state = {k: materialise(src, c, dtype, dev) for c, (k, _) in expected.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    _materialise_buffers(model, dev)
+    src, model, to_file = plan_image_encoder(open_source(files), raw_cfg)  # checked there, again here (headers)
+    ignore = _unused_block(model.config.num_hidden_layers)
+    load_strict(model, src, to_file, "CLIP vision tower", device=device, dtype=dtype, ignore=ignore)
     return ImageEncoder(model.eval().requires_grad_(False))
 
 
-def plan_image_encoder(
-    src: Source, raw_cfg: dict[str, Any] | None
-) -> tuple[Source, Any, dict[str, tuple[str, tuple[int, ...]]]]:
+def _unused_block(blocks: int) -> re.Pattern[str]:
+    """A file's keys of the block after the ``blocks`` the model keeps (CLIP's last: Wan never runs it)."""
+    return re.compile(rf"^encoder\.layers\.{blocks}\.")
+
+
+def plan_image_encoder(src: Source, raw_cfg: dict[str, Any] | None) -> tuple[Source, Any, dict[str, str]]:
     """Everything checked before a CLIP file's data is read: its layout, its config, every key and shape against a
-    ``CLIPVisionModel`` of 31 blocks built on the meta device → (source under HF names, that model, HF key → (model
-    key, shape))."""
+    ``CLIPVisionModel`` of 31 blocks built on the meta device → (source under HF names, that model, model key →
+    source key)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     found = detect_kind(src)
@@ -253,19 +253,6 @@ def plan_image_encoder(
     config.num_hidden_layers = last
     with torch.device("meta"):
         model = CLIPVisionModel(config)
-    expected = {k.removeprefix(CLIP_HF_PREFIX): (k, tuple(v.shape)) for k, v in model.state_dict().items()}
-    ignore = re.compile(rf"^encoder\.layers\.{last}\.")
-    check_keys(src, {c: s for c, (_, s) in expected.items()}, {c: c for c in expected}, "CLIP vision tower", ignore)
-    return src, model, expected
-
-
-def _materialise_buffers(model: torch.nn.Module, device: torch.device) -> None:
-    """Non-persistent buffers built on the meta device (CLIP's position_ids) get real values."""
-    for name, buf in list(model.named_buffers()):
-        if buf.device.type != "meta":
-            continue
-        if not name.endswith("position_ids"):
-            raise CheckpointError(f"internal: buffer {name} has no value after loading")
-        owner = model.get_submodule(name.rsplit(".", 1)[0])
-        owner.register_buffer("position_ids", torch.arange(buf.shape[-1], device=device).expand(1, -1),
-                              persistent=False)  # fmt: skip
+    to_file = {k: k.removeprefix(CLIP_HF_PREFIX) for k in model.state_dict()}
+    check_model(model, src, to_file, "CLIP vision tower", ignore=_unused_block(last))
+    return src, model, to_file

@@ -10,11 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .checkpoints import DiTPlan, VAEPlan, dit_variant_name, is_fp8
+from .checkpoints import DiTPlan, VAEPlan, dit_variant_name
 from .errors import CheckpointError
 from .gguf import GGUFSource
 from .layouts import IGNORED_KEYS, SCALE_SUFFIX, Component, Kind, Layout, detect_kind
-from .tensors import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, Source, open_source, shards_from_index
+from .loading import is_fp8
+from .tensors import PICKLE_SUFFIXES, WEIGHT_SUFFIXES, Source, open_source, shards_from_index, weight_files
 from .transformer import CLIP_DIM, WanDiTConfig
 
 Quantization = Literal["none", "fp8", "scaled_fp8", "gguf"]
@@ -182,8 +183,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo | FolderInfo:
         raise CheckpointError(f"{p} does not exist", hint="pass a weights file or a model folder")
     if p.is_dir():
         return inspect_folder(p)
-    files = shards_from_index(p) if p.name.endswith(".index.json") else [p]
-    return inspect_files(files, p)
+    return inspect_files(weight_files(p), p)
 
 
 # --------------------------------------------------------------------------------------------------------------------

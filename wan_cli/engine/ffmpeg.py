@@ -1,7 +1,11 @@
-"""The ffmpeg binary bundled with ``imageio-ffmpeg``: short calls, streaming children, and FFMETADATA text.
+"""The ffmpeg binary bundled with ``imageio-ffmpeg``: the writer's child process, short calls, FFMETADATA1 text.
 
-- :func:`run`: a short call (probe, remux, metadata) whose output is captured.
-- :class:`FFmpeg`: one streaming child fed or read through a pipe; killed and reaped on any failure.
+Reading goes through ``imageio_ffmpeg.read_frames`` (``video.py``). Writing needs the few things its
+``write_frames`` cannot do (see :class:`~wan_cli.engine.video.VideoWriter`), so it keeps one child of its own here:
+
+- :class:`FFmpeg`: the encoder, fed through a pipe, its stderr kept for the error message; killed and reaped on any
+  failure.
+- :func:`run`: a short call (reading the tags back) whose output is captured.
 - :func:`ffmetadata` / :func:`parse_ffmetadata`: ffmpeg's ``;FFMETADATA1`` text, the way to hand ffmpeg tags of any
   size. A tag on the command line (``-metadata comment=…``) is one argument, and Linux caps one argument at 128 KiB
   (MAX_ARG_STRLEN): a long prompt failed with "Argument list too long" after the whole generation.
@@ -19,6 +23,7 @@ from .errors import WanError
 from .outputs import close_quietly
 
 QUIET = ("-nostdin", "-hide_banner", "-loglevel", "error")
+REINSTALL = "pip install --force-reinstall imageio-ffmpeg"
 
 
 def ffmpeg_exe() -> str:
@@ -27,7 +32,7 @@ def ffmpeg_exe() -> str:
     try:
         return str(imageio_ffmpeg.get_ffmpeg_exe())
     except RuntimeError as e:  # no bundled binary for this platform and none on PATH
-        raise WanError(f"ffmpeg not found: {e}", hint="pip install --force-reinstall imageio-ffmpeg") from e
+        raise WanError(f"ffmpeg not found: {e}", hint=REINSTALL) from e
 
 
 def summary(stderr: str | bytes, fallback: str = "unknown ffmpeg error") -> str:
@@ -44,24 +49,22 @@ def run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
 
 
 class FFmpeg:
-    """One streaming ffmpeg child, in its own session: a terminal Ctrl-C reaches only Python, which cleans up.
+    """One ffmpeg child fed through its stdin, in its own session: a terminal Ctrl-C reaches only Python, which
+    cleans up. Its stderr goes to a temp file (no pipe to drain, no thread); :meth:`stderr` still reads it after
+    :meth:`kill`."""
 
-    Its stderr goes to a temp file (no pipe to drain, no thread); :meth:`stderr` still reads it after :meth:`kill`.
-    """
-
-    def __init__(self, args: list[str], *, pipe_in: bool = False, pipe_out: bool = False) -> None:
+    def __init__(self, args: list[str]) -> None:
         self._err: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the child)
         self._err_text = ""
-        pipe, null = subprocess.PIPE, subprocess.DEVNULL
         try:
             self.proc = subprocess.Popen(
-                [ffmpeg_exe(), *args], stdin=pipe if pipe_in else null, stdout=pipe if pipe_out else null,
-                stderr=self._err, start_new_session=True,
+                [ffmpeg_exe(), *args], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err,
+                start_new_session=True,
             )  # fmt: skip
         except BaseException as e:
             self._err.close()
             if isinstance(e, OSError):
-                raise WanError(f"cannot run ffmpeg: {e}", hint="pip install --force-reinstall imageio-ffmpeg") from e
+                raise WanError(f"cannot run ffmpeg: {e}", hint=REINSTALL) from e
             raise
 
     def stderr(self) -> str:
@@ -71,21 +74,20 @@ class FFmpeg:
         return self._err.read().decode("utf-8", "replace")
 
     def finish(self) -> int:
-        """End our input (if we feed it) and wait for ffmpeg to exit; its exit code.
+        """End our input and wait for ffmpeg to write the file's end (moov, faststart); its exit code.
 
         A failed close raises (and the caller kills): frames may not have reached ffmpeg, which may still wait."""
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
         return self.proc.wait()
 
     def kill(self) -> None:
-        """Stop now, close the pipes and reap the process (no zombie). Safe to call twice."""
+        """Stop now, close the pipe and reap the process (no zombie). Safe to call twice."""
         with contextlib.suppress(OSError):
             if self.proc.poll() is None:
                 self.proc.kill()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                close_quietly(pipe)
+        if self.proc.stdin is not None:
+            close_quietly(self.proc.stdin)
         self.proc.wait()  # prompt after SIGKILL, which cannot be ignored
         if not self._err.closed:
             self._err_text = self.stderr()  # kept for the error message

@@ -1,4 +1,4 @@
-"""Host and device memory: the memory modes, block streaming and the host allocator.
+"""The memory policy: the memory modes, choosing one, refusing what cannot fit, the model cache, the host allocator.
 
 Memory modes (``--offload``), from the most memory to the least:
 - ``none``: every model stays on the device for the whole run (fastest for batches).
@@ -6,27 +6,34 @@ Memory modes (``--offload``), from the most memory to the least:
   ``--offload_model``; the UMT5 encoder, the largest model of a 1.3B run (11 GB in bf16), streams its blocks; CFG
   runs cond and uncond one after the other.
 - ``blocks``: as ``model``, and the DiT's blocks stream too: only two blocks' weights are on the device at a time, the
-  next one copied on a side stream while the current one computes (:class:`BlockStreamer`).
+  next one copied on a side stream while the current one computes (``offload.BlockStreamer``).
+
+What a finished phase's models do (:class:`ModelCache`): ``keep`` (stay loaded), ``offload`` (back to the CPU) or
+``release`` (freed, reloaded when needed).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from .offload import BlockStreamer, move_except, stream_blocks
+
 Offload = Literal["none", "model", "blocks"]
 OFFLOAD_MODES: tuple[Offload, ...] = ("none", "model", "blocks")
-_ALIGN = 256  # bytes: every tensor's offset in a slot (any dtype view, and what CUDA kernels like)
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's <malloc.h>
 MMAP_THRESHOLD_BYTES = 128 * 1024
+MemoryPolicy = Literal["keep", "offload", "release"]
+log = logging.getLogger("wan_cli.engine.pipeline")  # the pipeline's loads, moves and releases, at DEBUG level
 
 
 def tune_host_allocator(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
@@ -48,186 +55,6 @@ def tune_host_allocator(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Block streaming
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Tensor:
-    owner: nn.Module
-    name: str
-    is_param: bool
-    host: torch.Tensor  # the resident copy (pinned when the device is CUDA)
-    offset: int  # bytes into the block's slot
-
-
-def _set(entry: _Tensor, value: torch.Tensor) -> None:
-    if entry.is_param:
-        entry.owner._parameters[entry.name].data = value  # type: ignore[union-attr]
-    else:
-        entry.owner._buffers[entry.name] = value
-
-
-class BlockStreamer:
-    """Run a stack of blocks on ``device`` while their weights live in host memory.
-
-    Each block's tensors are packed into one of two device slots (flat byte buffers) just before it runs; while block
-    i computes, block i+1 is copied into the other slot on a side stream, ordered by CUDA events (copy after the
-    slot's previous user finished; compute after the copy landed). After the last block the first one is fetched
-    again, ready for the next denoising step. Device memory for weights: two blocks, whatever the depth. The same
-    code runs with a CPU "device" (plain copies), which is how the tests check that results are unchanged.
-    """
-
-    def __init__(self, blocks: Iterable[nn.Module], device: str | torch.device) -> None:
-        self.device = torch.device(device)
-        self.blocks = list(blocks)
-        cuda = self.device.type == "cuda"
-        self._entries: list[list[_Tensor]] = []
-        self._nbytes = 0
-        for block in self.blocks:
-            entries, offset = [], 0
-            for module in block.modules():
-                for is_param, table in ((True, module._parameters), (False, module._buffers)):
-                    for name, t in table.items():
-                        if t is None:
-                            continue
-                        host = t.detach().to("cpu")
-                        host = host.pin_memory() if cuda else host
-                        entry = _Tensor(module, name, is_param, host, offset)
-                        _set(entry, host)
-                        entries.append(entry)
-                        offset += -(-host.numel() * host.element_size() // _ALIGN) * _ALIGN
-            self._entries.append(entries)
-            self._nbytes = max(self._nbytes, offset)
-        self._slots: list[torch.Tensor] = []
-        self._holder: list[int | None] = [None, None]  # which block each slot holds
-        self._next_slot = 0
-        self._running: int | None = None  # the slot of the block now computing
-        self._copy_stream: Any = torch.cuda.Stream(self.device) if cuda else None
-        self._copied: list[Any] = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
-        self._computed: list[Any] = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
-        self._used = [False, False]  # whether _computed[s] has been recorded
-        self._handles = []
-        for i, block in enumerate(self.blocks):
-            self._handles.append(block.register_forward_pre_hook(self._pre_hook(i)))
-            self._handles.append(block.register_forward_hook(self._post_hook(i)))
-
-    @property
-    def slot_bytes(self) -> int:
-        """Device bytes per slot (the largest block); two slots are used."""
-        return self._nbytes
-
-    def release(self) -> None:
-        """Free the device slots (e.g. between phases); they come back on the next forward."""
-        if self._copy_stream is not None:
-            self._copy_stream.synchronize()  # a prefetch may still be writing into a slot the allocator would reuse
-        self._slots = []
-        self._holder = [None, None]
-        self._used = [False, False]
-        self._running = None
-
-    def detach(self) -> None:
-        """Remove the hooks; every block's tensors stay in host memory."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self.release()
-
-    # -- the copy schedule ---------------------------------------------------------------------------------------------
-
-    def _load(self, i: int, slot: int) -> None:
-        """Copy block i into ``slot``, after that slot's previous user finished computing."""
-        if not self._slots:
-            self._slots = [torch.empty(self._nbytes, dtype=torch.uint8, device=self.device) for _ in range(2)]
-        buf = self._slots[slot]
-        stream = self._copy_stream
-        if stream is not None:
-            if self._used[slot]:
-                stream.wait_event(self._computed[slot])
-            with torch.cuda.stream(stream):
-                for e in self._entries[i]:
-                    self._view(buf, e).copy_(e.host, non_blocking=True)
-            self._copied[slot].record(stream)
-        else:
-            for e in self._entries[i]:
-                self._view(buf, e).copy_(e.host)
-        self._holder[slot] = i
-
-    @staticmethod
-    def _view(buf: torch.Tensor, e: _Tensor) -> torch.Tensor:
-        n = e.host.numel() * e.host.element_size()
-        return buf[e.offset : e.offset + n].view(e.host.dtype).view(e.host.shape)
-
-    def _pre_hook(self, i: int) -> Any:
-        def hook(module: nn.Module, args: Any) -> None:
-            if i in self._holder:
-                slot = self._holder.index(i)
-            else:  # not prefetched (first forward, or blocks run out of order): fetch it now
-                slot = self._free_slot()
-                self._load(i, slot)
-            if self._copy_stream is not None:
-                torch.cuda.current_stream(self.device).wait_event(self._copied[slot])
-            buf = self._slots[slot]
-            for e in self._entries[i]:
-                _set(e, self._view(buf, e))
-            self._running = slot
-            nxt = (i + 1) % len(self.blocks)
-            if nxt not in self._holder:
-                self._load(nxt, 1 - slot)
-
-        return hook
-
-    def _free_slot(self) -> int:
-        return 0 if self._running is None else 1 - self._running
-
-    def _post_hook(self, i: int) -> Any:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
-            slot = self._holder.index(i)
-            if self._copy_stream is not None:
-                self._computed[slot].record(torch.cuda.current_stream(self.device))
-                self._used[slot] = True
-            for e in self._entries[i]:
-                _set(e, e.host)
-
-        return hook
-
-
-def movable(model: nn.Module, skip: tuple[nn.Module, ...]) -> list[tuple[nn.Module, str, bool]]:
-    """(module, name, is_param) of every tensor of ``model`` not held by ``skip``; a tensor tied into ``skip`` (the
-    same object reached through another module) counts as held."""
-    held = {id(t) for m in skip for t in (*m.parameters(), *m.buffers())}
-    out: list[tuple[nn.Module, str, bool]] = []
-    for module in model.modules():
-        for is_param, table in ((True, module._parameters), (False, module._buffers)):
-            out += [(module, name, is_param) for name, t in table.items() if t is not None and id(t) not in held]
-    return out
-
-
-def move_except(model: nn.Module, device: str | torch.device, skip: tuple[nn.Module, ...]) -> None:
-    """Move every parameter and buffer of ``model`` to ``device`` except those held by ``skip`` (streamed stacks,
-    host-only tables). Parameters keep their identity (``.data`` is replaced), so ties and hooks survive."""
-    for module, name, is_param in movable(model, skip):
-        if is_param:
-            p = module._parameters[name]
-            assert p is not None
-            p.data = p.data.to(device)
-        else:
-            b = module._buffers[name]
-            assert b is not None
-            module._buffers[name] = b.to(device)
-
-
-def stream_blocks(
-    model: nn.Module, blocks: nn.ModuleList, device: str | torch.device, host_only: tuple[nn.Module, ...] = ()
-) -> BlockStreamer:
-    """Stream ``blocks`` of ``model`` through ``device`` and move the rest of ``model`` there, except the
-    ``host_only`` modules (which stay where they are, e.g. an embedding table looked up on the CPU)."""
-    streamer = BlockStreamer(blocks, device)
-    move_except(model, device, (blocks, *host_only))
-    return streamer
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Choosing a mode
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -242,6 +69,16 @@ def dit_activation_bytes(dim: int, ffn_dim: int, tokens: int, batch: int = 1) ->
     """A rough upper bound of a DiT forward's live activations: the fp32 residual stream and norm output, q/k/v and
     attention output in bf16, the FFN's hidden layer before and after its GELU (bf16)."""
     return batch * tokens * (4 * dim * 4 + 2 * ffn_dim * 2)
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the device can still give: CUDA's free memory; on Apple silicon (unified memory) Metal's recommended
+    working set minus what the driver holds; 0 where it cannot be told (the choice then falls to ``blocks``)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        return max(0, int(torch.mps.recommended_max_memory()) - int(torch.mps.driver_allocated_memory()))
+    return 0
 
 
 def choose_offload(free: int, dit_bytes: int, dim: int, ffn_dim: int, tokens: int) -> Offload:
@@ -308,3 +145,75 @@ def check_fits(width: int, height: int, frames: int, device: str | torch.device,
         hint="use a smaller --size" + (" or --vae-tile 256" if phase == "vae" and not tile else "")
         + (" or fewer --frames" if phase == "dit" else ""),
     )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model cache: what each phase loads, and what happens to it when the phase is over
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ModelCache:
+    """Models by (component, path), loaded on first use, treated by ``policy`` when their phase ends (``done``)."""
+
+    def __init__(self, device: torch.device, policy: MemoryPolicy) -> None:
+        self.device, self.policy = device, policy
+        self._models: dict[tuple[str, str], Any] = {}
+        self._streamers: dict[tuple[str, str], tuple[BlockStreamer, nn.Module, tuple[nn.Module, ...]]] = {}
+        self.load_s = 0.0  # seconds spent reading weights, over the cache's life (phases report theirs net of it)
+
+    @property
+    def load_device(self) -> torch.device:
+        """Offloaded models live on the CPU and visit the accelerator for their phase."""
+        return torch.device("cpu") if self.policy == "offload" else self.device
+
+    def get(self, component: str, path: str, loader: Callable[[], Any]) -> Any:
+        key = (component, path)
+        if key not in self._models:
+            log.debug("load %s from %s", component, path)
+            t0 = time.perf_counter()
+            self._models[key] = loader()
+            self.load_s += time.perf_counter() - t0
+            log.debug("loaded %s in %.2f s", component, time.perf_counter() - t0)
+        if self.policy == "offload" and self.device.type != "cpu":
+            log.debug("move %s to %s", component, self.device)
+            self._move(key, self.device)
+        return self._models[key]
+
+    def _move(self, key: tuple[str, str], device: torch.device | str) -> None:
+        if key in self._streamers:  # streamed blocks stay in host memory: move the rest
+            streamer, root, stay = self._streamers[key]
+            move_except(root, device, stay)
+            if torch.device(device).type == "cpu":
+                streamer.release()
+        else:
+            self._models[key].to(device)
+
+    def stream(self, key: tuple[str, str], root: nn.Module, blocks: nn.ModuleList,
+               host_only: tuple[nn.Module, ...] = ()) -> None:  # fmt: skip
+        """Stream ``blocks`` of the model ``root`` through the device; the rest of ``root`` lives on the device
+        (except ``host_only`` modules, which stay on the CPU)."""
+        log.debug("stream the %d blocks of %s through %s", len(blocks), key[0], self.device)
+        self._streamers[key] = (stream_blocks(root, blocks, self.device, host_only), root, (blocks, *host_only))
+
+    def done(self, component: str) -> None:
+        """The phase that used ``component`` is over: apply the memory policy."""
+        keys = [k for k in self._models if k[0] == component]
+        for key in keys:
+            if self.policy == "release":
+                log.debug("release %s", component)
+                if key in self._streamers:
+                    self._streamers.pop(key)[0].detach()
+                del self._models[key]
+            elif self.policy == "offload" and self.device.type != "cpu":
+                log.debug("offload %s to cpu", component)
+                self._move(key, "cpu")
+            elif key in self._streamers:
+                self._streamers[key][0].release()  # the slots' device memory goes back for the next phase
+        if keys and self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def clear(self) -> None:
+        for streamer, _, _ in self._streamers.values():
+            streamer.detach()
+        self._streamers.clear()
+        self._models.clear()

@@ -13,15 +13,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import request
 from .errors import WanError
 
 # --------------------------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------------------------
 
-# sdpa: PyTorch picks its kernel; cudnn: PyTorch's cuDNN attention kernel only (Hopper); flash / sage: the packages.
-ATTENTION_BACKENDS = ("sdpa", "cudnn", "flash", "sage")
-_default_backend = "sdpa"
+# sdpa: PyTorch picks its kernel; cudnn: PyTorch's cuDNN attention kernel only (Hopper); flash3 / flash / sage: the
+# packages (FlashAttention 3 `flash_attn_interface`, FlashAttention 2 `flash_attn`, `sageattention`). ``auto`` is
+# resolved by :func:`resolve_attention`. The backend is a setting of each attention module (``prepare.set_attention``),
+# never process-wide state: two pipelines in one process may use two kernels.
+ATTENTION_BACKENDS = tuple(name for name in request.ATTENTION_BACKENDS if name != "auto")  # the kernels
+_PACKAGES = {"flash3": "flash_attn_interface", "flash": "flash_attn", "sage": "sageattention"}
 
 
 def _import_first(*names: str) -> Any | None:
@@ -34,16 +38,9 @@ def _import_first(*names: str) -> Any | None:
 
 
 @functools.cache
-def _flash_fn() -> Callable[..., Any] | None:
-    # FlashAttention 3 (Hopper) ships as `flash_attn_interface`; FlashAttention 2 as `flash_attn`.
-    mod = _import_first("flash_attn_interface", "flash_attn")
-    return getattr(mod, "flash_attn_func", None) if mod is not None else None
-
-
-@functools.cache
-def _sage_fn() -> Callable[..., Any] | None:
-    mod = _import_first("sageattention")
-    return getattr(mod, "sageattn", None) if mod is not None else None
+def _kernel(backend: str) -> Callable[..., Any] | None:
+    mod = _import_first(_PACKAGES[backend])
+    return getattr(mod, "sageattn" if backend == "sage" else "flash_attn_func", None) if mod is not None else None
 
 
 def available_backends() -> list[str]:
@@ -51,33 +48,35 @@ def available_backends() -> list[str]:
     out = ["sdpa"]
     if torch.cuda.is_available() and torch.backends.cudnn.is_available():
         out.append("cudnn")
-    if _flash_fn() is not None and torch.cuda.is_available():
-        out.append("flash")
-    if _sage_fn() is not None and torch.cuda.is_available():
-        out.append("sage")
+    if torch.cuda.is_available():
+        out += [name for name in _PACKAGES if _kernel(name) is not None]
     return out
 
 
-def set_attention_backend(name: str) -> None:
-    """Pick the process-wide default backend; fails early (with a hint) if it cannot run here."""
-    global _default_backend
+def resolve_attention(name: str) -> str:
+    """``auto`` → FlashAttention 3 where it is installed (Hopper), else ``sdpa``; any other name is checked to run
+    here, failing early (with a hint) before a model is loaded."""
+    if name == "auto":
+        return "flash3" if "flash3" in available_backends() else "sdpa"
     if name not in ATTENTION_BACKENDS:
-        raise WanError(f"unknown attention backend {name!r}", hint=f"choose one of: {', '.join(ATTENTION_BACKENDS)}")
+        raise WanError(f"unknown attention backend {name!r}",
+                       hint=f"choose one of: {', '.join(request.ATTENTION_BACKENDS)}")  # fmt: skip
     if name not in available_backends():
-        pkg = {"cudnn": "cuDNN (a CUDA build of torch)", "flash": "flash-attn", "sage": "sageattention"}[name]
+        pkg = {"cudnn": "cuDNN (a CUDA build of torch)", "flash3": "flash_attn_interface (FlashAttention 3)",
+               "flash": "flash-attn", "sage": "sageattention"}[name]  # fmt: skip
         raise WanError(
             f"attention backend {name!r} is not available here",
             hint=f"it needs a CUDA GPU and the `{pkg}` package; the default `sdpa` always works",
         )
-    _default_backend = name
+    return name
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str = "sdpa") -> torch.Tensor:
     """Full (unmasked, non-causal) multi-head attention with scale 1/sqrt(head_dim).
 
     q: [B, Lq, H, D], k and v: [B, Lk, H, D], all of one dtype → [B, Lq, H, D] in that dtype.
     """
-    name = backend or _default_backend
+    name = backend
     if name == "sdpa":
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
@@ -88,15 +87,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: str
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
     half = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16  # these kernels need 16-bit
-    if name == "flash":
-        fn = _flash_fn()
+    if name in ("flash3", "flash"):
+        fn = _kernel(name)
         if fn is None:
-            raise WanError("flash-attn is not installed", hint="pip install flash-attn, or use the sdpa backend")
+            raise WanError(f"{_PACKAGES[name]} is not installed", hint="pip install it, or use the sdpa backend")
         res = fn(q.to(half), k.to(half), v.to(half))
         res = res[0] if isinstance(res, tuple) else res  # FA3 returns (out, lse)
         return res.to(q.dtype)
     if name == "sage":
-        fn = _sage_fn()
+        fn = _kernel("sage")
         if fn is None:
             raise WanError("sageattention is not installed", hint="pip install sageattention, or use sdpa")
         return fn(q.to(half), k.to(half), v.to(half), tensor_layout="NHD").to(q.dtype)
@@ -190,13 +189,17 @@ def fp8_linear(
 ) -> torch.Tensor:
     """y = x · (q · scale)ᵀ + b in x's dtype, for fp8 weights q [out, in].
 
-    Default: the weight is dequantised for this call (q · scale in fp32, then cast to x's dtype), so the matmul is
-    the ordinary one and the only error is the weight's fp8 rounding. ``scaled_mm``: x is quantised to fp8 too
+    Default: the weight is dequantised for this call (q cast to x's dtype, times the scale in x's dtype), so the
+    matmul is the ordinary one and the error is the weight's fp8 rounding plus one rounding of the product.
+    ``scaled_mm``: x is quantised to fp8 too
     (per-tensor, max|x| / 448, computed on the device: no host sync) and ``torch._scaled_mm`` multiplies in fp8
     (Hopper/Ada tensor cores: twice the bf16 rate), at the price of the activations' rounding as well.
     """
     if not scaled_mm:
-        return F.linear(x, (q.float() * scale).to(x.dtype), bias)
+        # q is exact in bf16/fp16 (e4m3's 3 mantissa bits, exponents within range): one cast, then the fp32 scale
+        # in place (computed in fp32 and rounded once, as a full fp32 dequantisation would round). No fp32 copy of
+        # the weight per call: that cost 4 bytes a weight of memory traffic on every forward.
+        return F.linear(x, q.to(x.dtype).mul_(scale), bias)
     lead, n = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n)
     sx = (x2.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
@@ -213,9 +216,9 @@ __all__ = [
     "available_backends",
     "fp8_linear",
     "quantize_fp8",
+    "resolve_attention",
     "rms_normalize",
     "rope_axis_dims",
     "rope_cos_sin",
-    "set_attention_backend",
     "sinusoidal_embedding_1d",
 ]

@@ -1,9 +1,8 @@
-"""What is done to a built DiT's weights before it runs: fp8 storage, fused q/k/v, ``torch.compile``, byte counts,
-and random initialisation for tests and benchmarks."""
+"""What is done to a built DiT before it runs: fp8 storage, fused q/k/v, the attention kernel, ``torch.compile``,
+and byte counts. The pipeline applies these in one place (``Pipeline.prepare_dit``), which ``wan bench`` uses too."""
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -71,6 +70,13 @@ def set_fp8_matmul(model: WanModel, enabled: bool) -> None:
             module.fp8_matmul = enabled
 
 
+def set_attention(model: nn.Module, backend: str) -> None:
+    """Run every attention of ``model`` with ``backend`` (an ``ops.ATTENTION_BACKENDS`` name, already resolved)."""
+    for module in model.modules():
+        if isinstance(module, WanSelfAttention):
+            module.attention_backend = backend
+
+
 def compile_blocks(model: WanModel) -> WanModel:
     """``torch.compile`` every attention block in place. The blocks share their code and (with parameters as graph
     inputs) one compiled graph, so the cost is one compilation (~20 s on an H200), after which the fp32 elementwise
@@ -79,32 +85,4 @@ def compile_blocks(model: WanModel) -> WanModel:
     for block in model.blocks:
         # forward, not the whole call (Module.compile): hooks (block streaming) then stay outside the graph
         block.forward = torch.compile(block.forward)
-    return model
-
-
-def init_random_(model: WanModel, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> WanModel:
-    """Fill a (meta or real) model with the official initialisation scheme on the CPU; for tests and benchmarks.
-
-    xavier-uniform Linears with zero bias, normal(0.02) text/time embeddings, modulation ~ randn/sqrt(D). Unlike the
-    official init the head weight is random (not zero) so that the output depends on every block.
-    """
-    g = torch.Generator("cpu").manual_seed(seed)
-    state: dict[str, torch.Tensor] = {}
-    dim = model.config.dim
-    for name, p in model.named_parameters():
-        shape = tuple(p.shape)
-        if name.endswith("modulation"):
-            t = torch.randn(shape, generator=g) / dim**0.5
-        elif name.endswith("bias"):
-            t = torch.randn(shape, generator=g) * 0.02
-        elif "norm" in name.rsplit(".", 2)[-2] or name.startswith("img_emb.proj.0") or ".proj.4." in name:
-            t = 1.0 + 0.1 * torch.randn(shape, generator=g)  # norm gains near 1
-        elif name.startswith(("text_embedding", "time_embedding")) or name == "img_emb.emb_pos":
-            t = torch.randn(shape, generator=g) * 0.02
-        else:
-            fan_out, fan_in = shape[0], math.prod(shape[1:])
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            t = (torch.rand(shape, generator=g) * 2 - 1) * bound
-        state[name] = t.to(torch.float32 if WanModel.keeps_fp32(name) else dtype)
-    model.load_state_dict(state, strict=True, assign=True)
     return model

@@ -8,13 +8,12 @@ timesteps by truncation, float32 sigmas with a final 0), and every update uses t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 
-Solver = Literal["unipc", "dpm++", "euler"]
-SOLVERS: tuple[Solver, ...] = ("unipc", "dpm++", "euler")
+from .request import SOLVERS, Solver
+
 NUM_TRAIN_TIMESTEPS = 1000
 # σ_max of the training table, read back from float32 as the official scheduler does: float32(0.999)
 SIGMA_MAX = float(np.float32(1 - 1 / NUM_TRAIN_TIMESTEPS))

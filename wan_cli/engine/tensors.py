@@ -178,6 +178,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def shards_from_index(index: Path) -> list[Path]:
+    """The shard files a ``*.index.json`` lists in its ``weight_map`` (every one must be there), sorted by name."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
     except Exception as exc:
@@ -188,6 +189,11 @@ def shards_from_index(index: Path) -> list[Path]:
         raise CheckpointError(f"{index} lists shards that are missing: {', '.join(missing[:3])}",
                               hint="the download is incomplete; run the download again")  # fmt: skip
     return [index.parent / f for f in files]
+
+
+def weight_files(path: Path) -> list[Path]:
+    """A weights file as a list of itself; a shard index as its shards."""
+    return shards_from_index(path) if path.name.endswith(".index.json") else [path]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -212,15 +218,13 @@ def resolve_files(path: str | Path, component: str, names: tuple[str, ...]) -> t
     if not p.exists():
         raise CheckpointError(f"{p} does not exist", hint="pass a weights file or a model folder")
     if p.is_file():
-        files = shards_from_index(p) if p.name.endswith(".index.json") else [p]
-        return files, _config_beside(p)
+        return weight_files(p), _config_beside(p)
     if (p / component).is_dir() and (p / "model_index.json").is_file():
         p = p / component  # a Diffusers pipeline folder
     for name in names:
         f = p / name
         if f.is_file():
-            files = shards_from_index(f) if name.endswith(".index.json") else [f]
-            return files, _config_beside(f)
+            return weight_files(f), _config_beside(f)
     found = sorted(x.name for x in p.iterdir() if x.suffix in (*WEIGHT_SUFFIXES, ".json"))[:6]
     subdirs = sorted(x.name + "/" for x in p.iterdir() if x.is_dir())[:6]
     has = ", ".join(found + subdirs)

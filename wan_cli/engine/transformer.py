@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,9 @@ from torch import nn
 from .errors import InputError
 from .layers import Conv3d, LayerNorm, Linear, RMSNorm
 from .ops import apply_rope, attention, rope_cos_sin, sinusoidal_embedding_1d
+from .request import Task
 
-ModelType = Literal["t2v", "i2v", "flf2v"]
+ModelType = Task  # the DiT's model_type is the task it was trained for
 CLIP_TOKENS = 257  # ViT-H/14 at 224 px: 16×16 patches + CLS
 CLIP_DIM = 1280
 
@@ -116,6 +117,7 @@ class WanSelfAttention(nn.Module):
         # fuse_qkv: one [3D, D] projection (not in the state dict; q/k/v.weight become views of it)
         self.register_buffer("qkv_weight", None, persistent=False)
         self.register_buffer("qkv_bias", None, persistent=False)
+        self.attention_backend = "sdpa"  # an ops.ATTENTION_BACKENDS name, set per model by prepare.set_attention
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.num_heads, -1))  # [B, L, D] → [B, L, H, Dh]
@@ -143,7 +145,7 @@ class WanSelfAttention(nn.Module):
         q = apply_rope(self._heads(self.norm_q(q)), *rope).to(cdt)
         k = apply_rope(self._heads(self.norm_k(k)), *rope).to(cdt)
         v = self._heads(v).to(cdt)
-        return self.o(attention(q, k, v).flatten(2))
+        return self.o(attention(q, k, v, backend=self.attention_backend).flatten(2))
 
 
 class WanT2VCrossAttention(WanSelfAttention):
@@ -157,7 +159,7 @@ class WanT2VCrossAttention(WanSelfAttention):
         cdt = self.o.compute_dtype
         k = self._heads(self.norm_k(self.k(context))).to(cdt)
         v = self._heads(self.v(context)).to(cdt)
-        return attention(q, k, v)
+        return attention(q, k, v, backend=self.attention_backend)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         q = self._heads(self.norm_q(self.q(x))).to(self.o.compute_dtype)
@@ -180,7 +182,7 @@ class WanI2VCrossAttention(WanT2VCrossAttention):
         q = self._heads(self.norm_q(self.q(x))).to(cdt)
         k_img = self._heads(self.norm_k_img(self.k_img(img))).to(cdt)
         v_img = self._heads(self.v_img(img)).to(cdt)
-        out = self._text(q, text) + attention(q, k_img, v_img)
+        out = self._text(q, text) + attention(q, k_img, v_img, backend=self.attention_backend)
         return self.o(out.flatten(2))
 
 

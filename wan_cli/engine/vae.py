@@ -1,19 +1,19 @@
-"""The Wan 2.1 3D causal VAE, with an explicit feature cache and a streaming encode/decode API.
+"""The Wan 2.1 3D causal VAE network, with an explicit feature cache.
 
 Facts: ``wan21-architecture.md`` §4. The video is compressed 4×8×8 (t, h, w) into 16 channels. Time is causal: frame
 0 is encoded alone, then every 4 frames make one latent frame, and every causal convolution carries the last two
 input frames of a chunk over to the next one in a ``FeatureCache``. That cache is what lets the VAE stream: memory
-depends on the frame size, never on the video length.
+depends on the frame size, never on the video length. Grouping frames into chunks, checking frame counts and
+spatial tiling live in ``vae_stream.py``; ``WanVAE.encode``/``decode``/``stream_*`` hand over to it.
 
 Module attributes are the official ``Wan2.1_VAE.pth`` keys (194 tensors at the real config).
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +21,13 @@ from torch import nn
 
 from .errors import InputError
 
+if TYPE_CHECKING:
+    from .vae_stream import StreamDecoder, StreamEncoder
+
 CACHE_T = 2  # frames a causal conv keeps from the previous chunk (its temporal kernel is 3)
 LATENT_CHANNELS = 16
 TEMPORAL_STRIDE = 4
 SPATIAL_STRIDE = 8
-# Decode the full-resolution stages this many frames at a time (see Decoder3d.forward); None: the whole chunk (4).
-DECODE_FRAME_SLICE: int | None = 1
 
 # Per-channel latent statistics (official WanVAE.__init__, verbatim); latents are (mu - mean) / std.
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -51,17 +52,19 @@ class WanVAEConfig:
             raise ValueError("the Wan 2.1 VAE has 3 spatial (×8) and 2 temporal (×4) downsampling stages")
 
 
-def check_frame_count(frames: int) -> None:
-    """Raise a clear error unless ``frames`` is 1 + 4k (what the causal VAE and the DiT accept)."""
-    if frames >= 1 and (frames - 1) % TEMPORAL_STRIDE == 0:
-        return
-    lo = max(1, 1 + (frames - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE)
-    hi = lo + TEMPORAL_STRIDE if lo <= frames else 1
-    nearest = f"{lo} or {hi}" if lo != hi and lo < frames else f"{hi}"
-    raise InputError(
-        f"{frames} frames is not a valid length: Wan videos have 1 + 4k frames",
-        hint=f"use {nearest} frames (e.g. 17, 33, 49, 81)",
-    )
+@dataclass(frozen=True)
+class Tiling:
+    """Spatial tiles for frames too large for memory, in pixels (multiples of 8); ``vae_stream`` cross-fades them."""
+
+    tile: int = 256
+    overlap: int = 64
+
+    def __post_init__(self) -> None:
+        if self.tile % SPATIAL_STRIDE or self.overlap % SPATIAL_STRIDE or not 0 <= self.overlap < self.tile:
+            raise InputError(
+                f"bad tiling {self.tile}/{self.overlap} px",
+                hint="tile and overlap must be multiples of 8 with 0 <= overlap < tile, e.g. 256 and 64",
+            )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -348,95 +351,7 @@ def _run_sliced(
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Spatial tiling
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """Spatial tiles for frames too large for memory, in pixels (multiples of 8); overlaps are cross-faded."""
-
-    tile: int = 256
-    overlap: int = 64
-
-    def __post_init__(self) -> None:
-        if self.tile % SPATIAL_STRIDE or self.overlap % SPATIAL_STRIDE or not 0 <= self.overlap < self.tile:
-            raise InputError(
-                f"bad tiling {self.tile}/{self.overlap} px",
-                hint="tile and overlap must be multiples of 8 with 0 <= overlap < tile, e.g. 256 and 64",
-            )
-
-
-def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Tiles along one axis as (start, stop, overlap with the previous tile, overlap with the next tile)."""
-    if length <= tile:
-        return [(0, length, 0, 0)]
-    starts = [*range(0, length - tile, tile - overlap), length - tile]
-    stops = [s + tile for s in starts]
-    return [
-        (s, e, stops[j - 1] - s if j else 0, e - starts[j + 1] if j + 1 < len(starts) else 0)
-        for j, (s, e) in enumerate(zip(starts, stops, strict=True))
-    ]
-
-
-def _ramp(n: int, fade_in: int, fade_out: int) -> torch.Tensor:
-    """Blend weights along one axis: linear ramps across the overlaps, 1 elsewhere (never 0)."""
-    i = torch.arange(n, dtype=torch.float32)
-    w = torch.ones(n)
-    if fade_in:
-        w = torch.minimum(w, (i + 1) / (fade_in + 1))
-    if fade_out:
-        w = torch.minimum(w, (n - i) / (fade_out + 1))
-    return w
-
-
-class _TiledRunner:
-    """Runs a per-chunk function tile by tile, one FeatureCache per tile, and cross-fades the tiles' outputs.
-
-    Input coordinates are in units of ``px_in`` pixels (8 for latents, 1 for frames), outputs in ``px_out``.
-    Without tiling it is a single full-frame tile: the plain streaming path.
-    """
-
-    def __init__(self, in_hw: tuple[int, int], px_in: int, px_out: int, tiling: Tiling | None) -> None:
-        self.px_in, self.px_out = px_in, px_out
-        h, w = in_hw
-        if tiling is None:
-            ys, xs = [(0, h, 0, 0)], [(0, w, 0, 0)]
-        else:
-            tile, overlap = tiling.tile // px_in, tiling.overlap // px_in
-            ys, xs = _spans(h, tile, overlap), _spans(w, tile, overlap)
-        self.tiles = [(y, x) for y in ys for x in xs]
-        self.caches = [FeatureCache() for _ in self.tiles]
-        self.out_hw = (self._o(h), self._o(w))
-        self.weights = [
-            _ramp(self._o(y1 - y0), self._o(yi), self._o(yo))[:, None]
-            * _ramp(self._o(x1 - x0), self._o(xi), self._o(xo))[None, :]
-            for (y0, y1, yi, yo), (x0, x1, xi, xo) in self.tiles
-        ]  # [tile h, tile w] output-space blend weights
-
-    def _o(self, a: int) -> int:
-        return a * self.px_in // self.px_out
-
-    def run(self, chunk: torch.Tensor, fn: Callable[[torch.Tensor, FeatureCache], torch.Tensor]) -> torch.Tensor:
-        if len(self.tiles) == 1:
-            self.caches[0].start_chunk()
-            return fn(chunk, self.caches[0])
-        acc = wsum = None
-        for ((y0, y1, _, _), (x0, x1, _, _)), cache, weight in zip(self.tiles, self.caches, self.weights, strict=True):
-            cache.start_chunk()
-            piece = fn(chunk[..., y0:y1, x0:x1], cache).float()  # [B, C, t, tile h, tile w]
-            if acc is None or wsum is None:
-                acc = piece.new_zeros(*piece.shape[:3], *self.out_hw)
-                wsum = piece.new_zeros(*self.out_hw)
-            wgt = weight.to(piece.device)
-            acc[..., self._o(y0) : self._o(y1), self._o(x0) : self._o(x1)] += piece * wgt
-            wsum[self._o(y0) : self._o(y1), self._o(x0) : self._o(x1)] += wgt
-        assert acc is not None and wsum is not None
-        return acc / wsum
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# The VAE and its streaming API
+# The VAE
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -465,119 +380,46 @@ class WanVAE(nn.Module):
     def device(self) -> torch.device:
         return self.conv1.weight.device
 
-    # -- per-chunk steps -------------------------------------------------------------------------------------------
+    # -- per-chunk steps (what a stream runs for each chunk, or each tile of it) ----------------------------------
 
-    def _encode_chunk(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+    def encode_chunk(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        """Frames [B, 3, 1 (first chunk) or 4, H, W] → the normalised latent frame [B, 16, 1, H/8, W/8] float32."""
         mu = self.conv1(self.encoder(x, cache))[:, :LATENT_CHANNELS].float()
         return (mu - self.latent_mean.float()) * self.latent_inv_std.float()
 
-    def _decode_chunk(self, z: torch.Tensor, cache: FeatureCache, frame_slice: int | None = None) -> torch.Tensor:
+    def decode_chunk(self, z: torch.Tensor, cache: FeatureCache, frame_slice: int | None) -> torch.Tensor:
+        """One normalised latent frame [B, 16, 1, h, w] → [B, 3, 1 (first call) or 4, 8h, 8w] float32."""
         z = z.float() / self.latent_inv_std.float() + self.latent_mean.float()
         return self.decoder(self.conv2(z.to(self.dtype)), cache, frame_slice).float()
 
-    # -- streaming -------------------------------------------------------------------------------------------------
+    # -- the API: streams and whole videos, run chunk by chunk by vae_stream -------------------------------------
 
     def stream_encoder(self, tiling: Tiling | None = None) -> StreamEncoder:
+        """Frames in (any grouping), each latent frame out as soon as its frames are in."""
+        from .vae_stream import StreamEncoder  # imported here: vae_stream builds on this module
+
         return StreamEncoder(self, tiling)
 
-    def stream_decoder(
-        self, tiling: Tiling | None = None, frame_slice: int | None = DECODE_FRAME_SLICE
-    ) -> StreamDecoder:
-        return StreamDecoder(self, tiling, frame_slice)
+    def stream_decoder(self, tiling: Tiling | None = None, frame_slice: int | None = 1) -> StreamDecoder:
+        """Latent frames in, pixel frames out. ``frame_slice``: frames the full-resolution stages decode at a time
+        (``Decoder3d.forward``); 1 holds a quarter of what None (whole 4-frame chunks) holds, for the same frames."""
+        from .vae_stream import StreamDecoder
 
-    # -- whole videos ----------------------------------------------------------------------------------------------
+        return StreamDecoder(self, tiling, frame_slice)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, *, tiling: Tiling | None = None) -> torch.Tensor:
         """video [B, 3, 1+4k, H, W] in [-1, 1] → normalised latents [B, 16, 1+k, H/8, W/8] float32."""
-        _check_video(video)
-        enc = self.stream_encoder(tiling)
-        out = list(enc.push(video))
-        enc.close()
-        return torch.cat(out, dim=2)
+        from .vae_stream import encode_whole
+
+        return encode_whole(self, video, tiling)
 
     @torch.no_grad()
     def decode(
-        self, latents: torch.Tensor, *, tiling: Tiling | None = None, frame_slice: int | None = DECODE_FRAME_SLICE
+        self, latents: torch.Tensor, *, tiling: Tiling | None = None, frame_slice: int | None = 1
     ) -> torch.Tensor:
         """latents [B, 16, n, h, w] → video [B, 3, 1+4(n-1), 8h, 8w] float32, clamped to [-1, 1]."""
         return torch.cat(list(self.stream_decoder(tiling, frame_slice).push(latents)), dim=2)
-
-
-def _check_video(video: torch.Tensor) -> None:
-    if video.ndim != 5 or video.shape[1] != 3:
-        raise InputError(f"video must be [B, 3, T, H, W], got shape {tuple(video.shape)}")
-    h, w = video.shape[-2:]
-    if h % SPATIAL_STRIDE or w % SPATIAL_STRIDE:
-        raise InputError(f"frame size {w}x{h} is not a multiple of 8", hint="resize or crop to multiples of 16")
-    check_frame_count(video.shape[2])
-
-
-class StreamEncoder:
-    """Feed frames in any grouping; get each latent frame as soon as its frames are in.
-
-    Frame 0 makes latent 0 alone; frames 4k-3..4k make latent k. ``close()`` checks that no partial group is left
-    (the total must be 1 + 4k frames).
-    """
-
-    def __init__(self, vae: WanVAE, tiling: Tiling | None) -> None:
-        self.vae = vae
-        self.tiling = tiling
-        self._runner: _TiledRunner | None = None
-        self._pending: list[torch.Tensor] = []
-        self.frames_in = 0
-        self.latents_out = 0
-
-    @torch.no_grad()
-    def push(self, frames: torch.Tensor) -> Iterator[torch.Tensor]:
-        """frames [B, 3, t, H, W] in [-1, 1] → yields latent frames [B, 16, 1, H/8, W/8] float32 as they complete."""
-        if frames.ndim != 5 or frames.shape[1] != 3:
-            raise InputError(f"frames must be [B, 3, t, H, W], got shape {tuple(frames.shape)}")
-        h, w = frames.shape[-2:]
-        if h % SPATIAL_STRIDE or w % SPATIAL_STRIDE:
-            raise InputError(f"frame size {w}x{h} is not a multiple of 8", hint="resize or crop to multiples of 16")
-        if self._runner is None:
-            self._runner = _TiledRunner((h, w), 1, SPATIAL_STRIDE, self.tiling)
-        self._pending.append(frames.to(self.vae.device, self.vae.dtype))
-        self.frames_in += frames.shape[2]
-        buf = torch.cat(self._pending, dim=2) if len(self._pending) > 1 else self._pending[0]
-        while True:
-            need = 1 if self.latents_out == 0 else TEMPORAL_STRIDE
-            if buf.shape[2] < need:
-                break
-            chunk, buf = buf[:, :, :need], buf[:, :, need:]
-            self.latents_out += 1
-            yield self._runner.run(chunk, self.vae._encode_chunk)
-        self._pending = [buf] if buf.shape[2] else []
-
-    def close(self) -> None:
-        """Raise InputError if frames are left over (the total was not 1 + 4k)."""
-        if self._pending or self.frames_in == 0:
-            check_frame_count(self.frames_in)
-
-
-class StreamDecoder:
-    """Feed latent frames (any number per push); get pixel frames back: 1 for the first latent, then 4 per latent."""
-
-    def __init__(self, vae: WanVAE, tiling: Tiling | None, frame_slice: int | None = DECODE_FRAME_SLICE) -> None:
-        self.vae = vae
-        self.tiling = tiling
-        self._runner: _TiledRunner | None = None
-        self.latents_in = 0
-        self._fn = functools.partial(vae._decode_chunk, frame_slice=frame_slice)
-
-    @torch.no_grad()
-    def push(self, latents: torch.Tensor) -> Iterator[torch.Tensor]:
-        """latents [B, 16, n, h, w] → yields [B, 3, 1|4, 8h, 8w] float32 in [-1, 1], one item per latent frame."""
-        if latents.ndim != 5 or latents.shape[1] != LATENT_CHANNELS:
-            raise InputError(f"latents must be [B, 16, n, h, w], got shape {tuple(latents.shape)}")
-        if self._runner is None:
-            h, w = latents.shape[-2:]
-            self._runner = _TiledRunner((h, w), SPATIAL_STRIDE, 1, self.tiling)
-        latents = latents.to(self.vae.device)
-        for i in range(latents.shape[2]):
-            self.latents_in += 1
-            yield self._runner.run(latents[:, :, i : i + 1], self._fn).clamp_(-1.0, 1.0)
 
 
 def build_vae(cfg: WanVAEConfig | None = None, *, device: str | torch.device = "meta") -> WanVAE:

@@ -1,12 +1,13 @@
 """Streaming video files through the ffmpeg binary bundled with ``imageio-ffmpeg`` (ffprobe is not bundled).
 
-- :class:`VideoWriter` pipes RGB frames into ffmpeg: H.264 (libx264), yuv420p (BT.709, limited range), moov atom
-  first (``+faststart``, plays in browsers). It encodes into a hidden temp file beside the target; at close one
-  ``-c copy`` remux adds the final metadata (the settings record as JSON in the MP4 ``comment`` tag, handed over as
-  an FFMETADATA1 file, so its size has no limit) and does the faststart pass, and only then is the result renamed
-  onto the target. Any failure (a full disk, Ctrl-C, SIGTERM) kills ffmpeg and deletes every temp file.
-- :class:`VideoReader` lets ffmpeg decode (and resize/crop/resample) progressively and yields ``[3, T, H, W]`` chunks
-  at a constant frame rate, variable-frame-rate sources included.
+- :class:`VideoWriter` pipes RGB frames into ffmpeg, which writes in one pass: H.264 (libx264), yuv420p (BT.709,
+  limited range, tagged so), the settings record as JSON in the MP4 ``comment`` tag (read from an FFMETADATA1
+  file, so its size has no limit), moov atom first (``+faststart``, plays in browsers). It encodes into a hidden
+  temp file beside the target, renamed onto it only on success; any failure (a full disk, Ctrl-C, SIGTERM) kills
+  ffmpeg and deletes every temp file.
+- :class:`VideoReader` lets ffmpeg decode (and resize/crop/resample) progressively through
+  ``imageio_ffmpeg.read_frames`` and yields ``[3, T, H, W]`` chunks at a constant frame rate, variable-frame-rate
+  sources included.
 - :func:`read_metadata` returns that JSON record.
 - :func:`check_output_path`, :func:`check_not_input`, :func:`check_extension` (from ``outputs.py``): what every
   command checks of an output before any work.
@@ -16,43 +17,56 @@ Nothing holds more than one chunk: memory depends on the frame size and chunk le
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
+import logging
 import math
 import os
-import re
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import InputError, WanError
-from .ffmpeg import QUIET, FFmpeg, ffmetadata, parse_ffmetadata, run, summary
+from .ffmpeg import QUIET, FFmpeg, ffmetadata, ffmpeg_exe, parse_ffmetadata, run, summary
 from .outputs import check_extension, remove_quietly, temp_beside, write_new_file
 from .outputs import check_not_input as check_not_input  # re-exported: the commands check outputs from here
 from .outputs import check_output_path as check_output_path
 
-_RGB_OUT = ("-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1")
 _DISK = "check free disk space"
+# yuv420p in BT.709 limited range, and tagged so (players otherwise guess BT.601 for small frames)
+_BT709 = (
+    "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
+    "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709"
+)
 
 # --------------------------------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def to_rgb24(chunk: torch.Tensor) -> torch.Tensor:
+    """[3, T, H, W] float in [-1, 1] (or [1, 3, T, H, W]) → uint8 [T, H, W, 3] on the same device: what ffmpeg reads.
+
+    Computed in float32 wherever it runs (IEEE add, mul and round-half-even): the same bytes on a GPU and a CPU."""
+    x = chunk.detach()
+    if x.ndim == 5 and x.shape[0] == 1:  # a StreamDecoder item still has its batch of 1
+        x = x[0]
+    if x.ndim != 4 or x.shape[0] != 3 or not x.is_floating_point():
+        raise InputError(f"video chunks must be float [3, T, H, W], got {x.dtype} {tuple(x.shape)}")
+    x = x.to(torch.float32).clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous()
+
+
 def _to_uint8(chunk: torch.Tensor | np.ndarray) -> np.ndarray:
-    """[3, T, H, W] float in [-1, 1] (or [1, 3, T, H, W]), or uint8 [T, H, W, 3] → C-contiguous uint8 [T, H, W, 3]."""
+    """A float chunk (see :func:`to_rgb24`) or uint8 [T, H, W, 3] → C-contiguous uint8 [T, H, W, 3] on the host."""
     if isinstance(chunk, torch.Tensor):
-        x = chunk.detach()
-        if x.ndim == 5 and x.shape[0] == 1:  # a StreamDecoder item still has its batch of 1
-            x = x[0]
-        if x.ndim != 4 or x.shape[0] != 3 or not x.is_floating_point():
-            raise InputError(f"video chunks must be float [3, T, H, W], got {x.dtype} {tuple(x.shape)}")
-        x = x.to("cpu", torch.float32).clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-        return x.permute(1, 2, 3, 0).contiguous().numpy()
+        return to_rgb24(chunk).cpu().numpy()
     if isinstance(chunk, np.ndarray) and chunk.dtype == np.uint8 and chunk.ndim == 4 and chunk.shape[3] == 3:
         return np.ascontiguousarray(chunk)
     what = f"{chunk.dtype} {chunk.shape}" if isinstance(chunk, np.ndarray) else type(chunk).__name__
@@ -62,9 +76,18 @@ def _to_uint8(chunk: torch.Tensor | np.ndarray) -> np.ndarray:
 class VideoWriter:
     """Write an H.264 MP4 chunk by chunk; the target appears only when the ``with`` block ends without error.
 
-    ``metadata`` (JSON-serialisable, any size) becomes the MP4 ``comment`` tag; it may be replaced until close
-    (timings are known only at the end). Any exception or BaseException in ``write``, in ``close`` or inside the
-    block kills ffmpeg and deletes the temp files; a target that existed before is left as it was.
+    ``metadata`` (JSON-serialisable, any size) becomes the MP4 ``comment`` tag. It is written when ffmpeg opens the
+    file (at the first frame), in the same pass as the frames: what is known only later (the decode time) belongs
+    in the sidecar, not here. ``fps`` is kept exact (29.97… as 30000/1001). Any exception or BaseException in
+    ``write``, in ``close`` or inside the block kills ffmpeg and deletes the temp files; a target that existed
+    before is left as it was.
+
+    Not ``imageio_ffmpeg.write_frames``: it cannot say when ffmpeg failed, and never losing work depends on that.
+    Its ffmpeg prints to our stderr (the error text cannot go into the message), its exit status is never checked
+    (a file that failed at its very end, writing the moov atom on a full disk, would pass for a good one) and the
+    process is not exposed. Nor can it take the metadata file: its ``-s``/``-pix_fmt``/``-r`` and ``-vcodec`` come
+    before ``input_params`` and after ``-i -``, so an extra ``-i`` in either is handed options that make ffmpeg
+    refuse it ("Option video_size not found", "Unknown decoder 'libx264'").
     """
 
     def __init__(
@@ -72,7 +95,7 @@ class VideoWriter:
         path: str | os.PathLike[str],
         width: int,
         height: int,
-        fps: float = 16,
+        fps: float | Fraction = 16,
         *,
         force: bool = False,
         metadata: dict[str, Any] | None = None,
@@ -84,33 +107,45 @@ class VideoWriter:
                 raise InputError(f"video {name} must be a positive even number, got {value}", hint="e.g. 832x480")
         if not (fps > 0 and math.isfinite(fps)):
             raise InputError(f"fps must be a positive number, got {fps}", hint="Wan 2.1 videos are 16 fps")
+        self._comment = json.dumps(metadata, ensure_ascii=False) if metadata else None  # TypeError now, not later
         self.path = check_output_path(path, force=force)
         check_extension(self.path, ".mp4", "an H.264 MP4 video")
-        self.width, self.height, self.fps, self.force, self.crf, self.preset = width, height, fps, force, crf, preset
+        self.width, self.height, self.force, self.crf, self.preset = width, height, force, crf, preset
+        self.rate = Fraction(fps).limit_denominator(1_000_000)  # 30000/1001, not 29.97002997
+        self.fps = float(self.rate)
+        self._metadata = metadata
         self.frames_written = 0
-        self.metadata = metadata
         self._ff: FFmpeg | None = None
-        self._temps: list[Path] = []  # first pass, then metadata file and remuxed result
+        self._temps: list[Path] = []  # the video, then the metadata file
         self._closed = False
 
     @property
     def metadata(self) -> dict[str, Any] | None:
+        """The record given at open (read-only: ffmpeg writes it with the first frame)."""
         return self._metadata
-
-    @metadata.setter
-    def metadata(self, value: dict[str, Any] | None) -> None:
-        self.set_metadata(value)
-
-    def set_metadata(self, value: dict[str, Any] | None) -> None:
-        """Replace the record; serialised now, so that a bad value fails early rather than at close."""
-        if value is not None:
-            json.dumps(value)  # TypeError for what JSON cannot hold
-        self._metadata = value
 
     def _temp(self) -> Path:
         """A temp name, registered for cleanup before anything creates it."""
         self._temps.append(p := temp_beside(self.path))
         return p
+
+    def _start(self) -> FFmpeg:
+        """ffmpeg, writing the temp video: frames from our pipe (input 0), global tags from the metadata file (1)."""
+        video = self._temp()
+        tags: list[str] = []
+        if self._comment is not None:
+            try:
+                write_new_file(meta := self._temp(), ffmetadata({"comment": self._comment}))
+            except OSError as e:
+                raise WanError(f"cannot write {self.path}: {e.strerror or e}", hint=_DISK) from e
+            tags = ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", "1"]
+        rate = f"{self.rate.numerator}/{self.rate.denominator}"
+        return FFmpeg([
+            *QUIET, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}",
+            "-framerate", rate, "-i", "pipe:0", *tags, "-map", "0:v:0", "-vf", _BT709,
+            "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-movflags", "+faststart",
+            "-f", "mp4", str(video),
+        ])  # fmt: skip
 
     def _stopped(self, e: OSError, ff: FFmpeg) -> WanError:
         """ffmpeg's own words if it died (disk full: it stopped reading), else the error of our pipe."""
@@ -131,13 +166,7 @@ class VideoWriter:
                     hint="every chunk must have the size the writer was opened with",
                 )
             if self._ff is None:
-                self._ff = FFmpeg([
-                    *QUIET, "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{self.width}x{self.height}",
-                    "-framerate", str(self.fps), "-i", "pipe:0",
-                    "-vf", "scale=out_color_matrix=bt709:out_range=tv,format=yuv420p,"
-                           "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709",  # tag what we made
-                    "-c:v", "libx264", "-preset", self.preset, "-crf", str(self.crf), "-f", "mp4", str(self._temp()),
-                ], pipe_in=True)  # fmt: skip
+                self._ff = self._start()
             assert self._ff.proc.stdin is not None
             try:
                 self._ff.proc.stdin.write(frames.reshape(-1).data)
@@ -149,13 +178,13 @@ class VideoWriter:
             raise
 
     def close(self) -> None:
-        """Finish: wait for the encoder, remux with the final metadata and faststart, rename onto the target."""
+        """Finish: wait for ffmpeg to write the file's end, rename it onto the target."""
         if self._closed:
             return
         try:
             self._finish()
         finally:
-            self.abort()  # on success only the first-pass file, the metadata file and the spent process are left
+            self.abort()  # on success only the metadata file and the spent process are left
 
     def _finish(self) -> None:
         if (ff := self._ff) is None:
@@ -164,28 +193,16 @@ class VideoWriter:
             code = ff.finish()
         except OSError as e:  # the last frames may not have reached ffmpeg: never a video short of frames
             raise self._stopped(e, ff) from e
-        if code != 0:
+        if code != 0:  # e.g. the moov atom (the index, the record) did not fit on the disk
             raise WanError(f"ffmpeg failed writing {self.path}: {summary(ff.stderr())}", hint=_DISK)
-        tags: list[str] = []
-        if self._metadata:
-            text = ffmetadata({"comment": json.dumps(self._metadata, ensure_ascii=False)})
-            try:
-                write_new_file(meta := self._temp(), text)
-            except OSError as e:
-                raise WanError(f"cannot write {self.path}: {e.strerror or e}", hint=_DISK) from e
-            tags = ["-f", "ffmetadata", "-i", str(meta), "-map_metadata", "1"]  # global tags from the file only
-        final = self._temp()
-        res = run([*QUIET, "-y", "-i", str(self._temps[0]), *tags, "-map", "0", "-c", "copy",
-                   "-movflags", "+faststart", "-f", "mp4", str(final)])  # fmt: skip
-        if res.returncode != 0:
-            raise WanError(f"ffmpeg failed finishing {self.path}: {summary(res.stderr)}", hint=_DISK)
         if self.path.exists() and not self.force:  # appeared while we were encoding: still never clobber it
             raise InputError(f"{self.path} already exists", hint="pass --force to overwrite it")
+        video = self._temps[0]
         try:
-            os.replace(final, self.path)
+            os.replace(video, self.path)
         except OSError as e:
             raise WanError(f"cannot write {self.path}: {e.strerror or e}", hint="check the folder's permissions") from e
-        self._temps.remove(final)
+        self._temps.remove(video)
 
     def abort(self) -> None:
         """Kill ffmpeg and delete the temp files; the target is left as it was. Safe to call twice."""
@@ -221,61 +238,89 @@ def _check_input(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _exact_rate(printed: Fraction) -> Fraction:
+def _still_format(p: Path) -> str | None:
+    """The still-image format named by the file's first bytes, or None: ffmpeg reads a picture as one frame."""
+    try:
+        with p.open("rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}", hint="check the file's permissions") from e
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return "BMP" if head[:2] == b"BM" and head[6:10] == b"\x00" * 4 else None  # BMP's reserved bytes are zero
+
+
+def _exact_rate(printed: float) -> Fraction:
     """ffmpeg prints a rate to 2 decimals: 23.98, 29.97, 59.94 are the NTSC rates n·1000/1001 within that precision."""
-    ntsc = Fraction(round(printed * Fraction(1001, 1000)) * 1000, 1001)
-    return ntsc if printed.denominator != 1 and abs(ntsc - printed) < Fraction(1, 200) else printed
+    rate = Fraction(round(printed * 100), 100)
+    ntsc = Fraction(round(rate * Fraction(1001, 1000)) * 1000, 1001)
+    return ntsc if rate.denominator != 1 and abs(ntsc - rate) < Fraction(1, 200) else rate
 
 
-def _probe(p: Path) -> tuple[int, int, Fraction, float | None]:
-    """(width, height, fps, duration or None) of the first video stream, parsed from ``ffmpeg -i`` (no ffprobe).
+@contextlib.contextmanager
+def _size_warning_muted() -> Iterator[None]:
+    """imageio-ffmpeg warns whenever the frames differ in size from the source: ours do on purpose (crop, rotation)."""
+    log = logging.getLogger("imageio_ffmpeg")
 
-    The rate is the stream's average (``fps``: frames ÷ duration), else its nominal one (``tbr``), else 16."""
-    err = run(["-nostdin", "-hide_banner", "-i", str(p)]).stderr.decode("utf-8", "replace")
-    fmt = re.search(r"^Input #0, (.+?), from ", err, re.M)
-    if fmt is None:
-        raise InputError(f"cannot read {p}: {summary(err)}", hint="pass a video ffmpeg can open (mp4, mov, webm, …)")
-    if fmt[1] in ("image2", "image2pipe") or fmt[1].endswith("_pipe"):  # png_pipe, jpeg_pipe, …
-        raise InputError(f"{p} is a still image ({fmt[1]}), not a video", hint="pass a video file")
-    lines = err.splitlines()
-    i = next((i for i, ln in enumerate(lines) if re.search(r"Stream #\d+:\d+.*: Video: (?!.*attached pic)", ln)), None)
-    size = re.search(r", (\d+)x(\d+)(?=[, \[]|$)", lines[i]) if i is not None else None
-    if i is None or size is None:
-        raise InputError(f"{p} has no video stream", hint="pass a file that contains video, not only audio")
-    w, h = int(size[1]), int(size[2])
-    rate = re.search(r", ([\d.]+)(k?) (?:fps|tbr)", lines[i])
-    fps = _exact_rate(Fraction(rate[1]) * (1000 if rate[2] else 1)) if rate else Fraction(16)
-    for ln in lines[i + 1 :]:  # this stream's side data: ffmpeg auto-rotates, so ±90° swaps the sides
-        if "Stream #" in ln:
-            break
-        rot = re.search(r"rotation of (-?[\d.]+) degrees", ln)
-        if rot and round(float(rot[1])) % 180 == 90:
-            w, h = h, w
-    dur = re.search(r"Duration: (\d+):(\d+):([\d.]+)", err)
-    return w, h, fps, int(dur[1]) * 3600 + int(dur[2]) * 60 + float(dur[3]) if dur else None
+    def keep(record: logging.LogRecord) -> bool:
+        return "frame size for reading" not in record.getMessage()
+
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
 
 
-def _read_full(stream: IO[bytes], view: memoryview) -> int:
-    """Fill ``view`` from the pipe; fewer bytes only at the end of the stream."""
-    got = 0
-    while got < len(view) and (n := stream.readinto(view[got:])):  # type: ignore[attr-defined]
-        got += n
-    return got
+def _unreadable(p: Path, text: str) -> InputError:
+    """The error for a file ffmpeg could not open, from imageio-ffmpeg's message (which ends with ffmpeg's stderr)."""
+    if "matches no streams" in text:  # our -map 0:V:0: no video stream besides cover art
+        return InputError(f"{p} has no video stream", hint="pass a file that contains video, not only audio")
+    return InputError(f"cannot read {p}: {summary(text)}", hint="pass a video ffmpeg can open (mp4, mov, webm, …)")
+
+
+def _open(p: Path, output_params: list[str]) -> tuple[Generator[bytes, None, None], dict[str, Any]]:
+    """ffmpeg decoding the first video stream of ``p`` to RGB24 frames (bytes), and the metadata it yields first:
+    ``size`` (of the frames produced: rotation and filters applied), ``fps`` (the stream's average, 2 decimals;
+    0 if unknown), ``duration`` (seconds; 0 if unknown)."""
+    import imageio_ffmpeg
+
+    ffmpeg_exe()  # a clear error if there is no ffmpeg
+    frames = imageio_ffmpeg.read_frames(str(p), output_params=["-map", "0:V:0", *output_params])
+    try:
+        with _size_warning_muted():
+            meta = next(frames)
+    except Exception as e:  # OSError "Could not load meta information", or a header it could not parse
+        frames.close()
+        raise _unreadable(p, str(e)) from None
+    except BaseException:
+        frames.close()
+        raise
+    return frames, meta
 
 
 class VideoReader:
     """Decode a video progressively: ``chunks(n)`` yields float32 [3, T ≤ n, H, W] in [-1, 1].
 
     ``size=(W, H)`` scales to cover and centre-crops to exactly W×H inside ffmpeg; ``max_frames`` stops early. Close
-    it (or use ``with``) to kill ffmpeg.
+    it (or use ``with``) to stop ffmpeg.
 
     Frames always come at the constant rate ``self.fps``: ``fps`` if given, else the stream's *average* rate
-    (frames ÷ duration; 29.97 read as 30000/1001). ffmpeg's fps filter picks, for each tick of that clock, the frame
-    shown at that time (repeating or dropping frames), so a variable-frame-rate clip (phones, screen recordings)
-    keeps its duration and the recorded fps is true; read frame by frame, 1.4 s of such a clip lasted 3.8 s. The
-    average rather than the nominal rate (``tbr``, for VFR often the finest timestamp step: 50, 90, 1000) because
-    it keeps about the source's number of frames: none invented or dropped on average. For a constant-rate source
-    the two are equal and every frame comes out once.
+    (frames ÷ duration; 29.97 read as 30000/1001; 16 when the file gives none). ffmpeg's fps filter picks, for each
+    tick of that clock, the frame shown at that time (repeating or dropping frames), so a variable-frame-rate clip
+    (phones, screen recordings) keeps its duration and the recorded fps is true; read frame by frame, 1.4 s of such
+    a clip lasted 3.8 s. The average rather than the nominal rate (``tbr``, for VFR often the finest timestamp step:
+    50, 90, 1000) because it keeps about the source's number of frames: none invented or dropped on average. For a
+    constant-rate source the two are equal and every frame comes out once.
+
+    ffmpeg ends a damaged file (a truncated download) at its last good frame with a success status, so a file
+    shorter than its header says is read as far as it goes; ``wan encode --frames N`` then says it is short.
     """
 
     def __init__(
@@ -293,12 +338,20 @@ class VideoReader:
             raise InputError(f"max_frames must be at least 1, got {max_frames}")
         if fps is not None and not (fps > 0 and math.isfinite(fps)):
             raise InputError(f"fps must be a positive number, got {fps}", hint="Wan 2.1 videos are 16 fps")
-        self.source_width, self.source_height, source_fps, self.duration = _probe(self.path)
+        if still := _still_format(self.path):
+            raise InputError(f"{self.path} is a still image ({still}), not a video", hint="pass a video file")
+        probe, meta = _open(self.path, [])
+        probe.close()
+        self.source_width, self.source_height = (int(v) for v in meta["size"])  # as shown: ffmpeg applies a rotation
+        self.duration: float | None = meta["duration"] or None
+        source_fps = _exact_rate(meta["fps"]) if meta["fps"] > 0 else Fraction(16)
+        self.width: int
+        self.height: int
         self.width, self.height = size if size is not None else (self.source_width, self.source_height)
         self._rate = Fraction(fps).limit_denominator(1_000_000) if fps is not None else source_fps
         self.fps = float(self._rate)
         self.size, self.max_frames = size, max_frames
-        self._ff: FFmpeg | None = None
+        self._frames: Generator[bytes, None, None] | None = None
 
     @property
     def frame_count(self) -> int | None:
@@ -308,48 +361,51 @@ class VideoReader:
         n = max(1, round(self.duration * self.fps))
         return n if self.max_frames is None else min(n, self.max_frames)
 
-    def _args(self) -> list[str]:
+    def _output_params(self) -> list[str]:
         vf = [f"fps=fps={self._rate.numerator}/{self._rate.denominator}"]  # constant rate, whatever the source
         if self.size is not None:  # cover, then crop (centred by default); square pixels from here on
             w, h = self.size
             vf += [f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=lanczos", f"crop={w}:{h}", "setsar=1"]
         limit = ["-frames:v", str(self.max_frames)] if self.max_frames is not None else []
-        return [*QUIET, "-i", str(self.path), "-map", "0:V:0", "-vf", ",".join(vf), *limit, *_RGB_OUT]
+        return ["-vf", ",".join(vf), *limit]
 
     def chunks(self, n: int = 16) -> Generator[torch.Tensor, None, None]:
         """Yield [3, T, H, W] float32 chunks, T ≤ n; each call starts again from the first frame.
 
-        Stopping early is fine: ``close()`` on the generator (or on the reader) kills ffmpeg."""
+        Stopping early is fine: ``close()`` on the generator (or on the reader) stops ffmpeg."""
         if n < 1:
             raise InputError(f"chunk length must be at least 1, got {n}")
         self.close()
-        self._ff = ff = FFmpeg(self._args(), pipe_out=True)
-        assert ff.proc.stdout is not None
-        frame_bytes = self.width * self.height * 3
-        buf = bytearray(n * frame_bytes)  # reused for every chunk: the float conversion copies
+        self._frames, meta = _open(self.path, self._output_params())
+        if tuple(meta["size"]) != (self.width, self.height):  # never: our filters make this size
+            self.close()
+            raise WanError(f"ffmpeg makes {meta['size']} frames of {self.path}, not {self.width}x{self.height}")
+        buf = np.empty((n, self.height, self.width, 3), np.uint8)  # reused for every chunk: the float conversion copies
         total = 0
         try:
             while want := n if self.max_frames is None else min(n, self.max_frames - total):
-                t = _read_full(ff.proc.stdout, memoryview(buf)[: want * frame_bytes]) // frame_bytes
+                t = 0
+                for t, frame in enumerate(itertools.islice(self._frames, want), 1):  # ffmpeg stops at max_frames
+                    buf[t - 1] = np.frombuffer(frame, np.uint8).reshape(self.height, self.width, 3)
                 if t:
                     total += t
-                    rgb = torch.from_numpy(np.frombuffer(buf, np.uint8, t * frame_bytes)).view(t, self.height, -1, 3)
-                    x = rgb.permute(3, 0, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
-                    yield x.div_(127.5).sub_(1.0)  # [3, t, H, W] in [-1, 1]
+                    rgb = torch.from_numpy(buf[:t]).permute(3, 0, 1, 2)  # [3, t, H, W] uint8, a view
+                    x = rgb.to(torch.float32, memory_format=torch.contiguous_format)
+                    yield x.div_(127.5).sub_(1.0)  # in [-1, 1]
                 if t < want:
                     break
-            # all frames read (ffmpeg stops by itself at max_frames): did it end cleanly?
-            if ff.finish() != 0:
-                raise InputError(f"cannot decode {self.path}: {summary(ff.stderr())}", hint="is the file complete?")
-            if total == 0:
-                raise InputError(f"{self.path} contains no frames", hint="pass a video with at least one frame")
+        except RuntimeError as e:  # imageio-ffmpeg: "Could not read frame …" (the stream ended inside a frame)
+            raise InputError(f"cannot decode {self.path}: {summary(str(e))}", hint="is the file complete?") from None
         finally:
             self.close()
+        if total == 0:
+            raise InputError(f"{self.path} contains no frames", hint="pass a video with at least one frame")
 
     def close(self) -> None:
-        if self._ff is not None:
-            self._ff.kill()
-            self._ff = None
+        """Stop ffmpeg: imageio-ffmpeg closes its pipes and reaps it."""
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
 
     def __enter__(self) -> VideoReader:
         return self
