@@ -155,6 +155,7 @@ def check_text(text: str, where: str) -> None:
 def plan(item: Item, run: Run) -> Job:
     """One item → its Job: settings merged, model files resolved, seed drawn, outputs named, and everything that can
     fail checked (request rules, memory fit, images, text, files), all before any model is loaded."""
+    from ..engine import resolve_seed
     from ..hub import resolve_model
 
     if item.error is not None:
@@ -170,7 +171,7 @@ def plan(item: Item, run: Run) -> Job:
         local = files
         files, found = run.memo(("beside", spec, task), lambda: _beside_in_comfy_tree(local, task, opts))
         notes = list(found)
-    seed = resolve_seed_of(settings.seed)
+    seed = resolve_seed(settings.seed)
     output, sidecar, latents = _outputs(item, opts, seed, task)
     request = _request(item, run, settings, files, task, seed, image, last)
     _check(item, run, settings, request, files, spec)
@@ -183,12 +184,6 @@ def plan(item: Item, run: Run) -> Job:
         what = "size" if task == "t2v" else "area"
         notes.append(f"note: {variant.name} was trained at {trained}; other {what}s work but may look worse")
     return Job(item, settings, files, request, output, sidecar, latents, notes)
-
-
-def resolve_seed_of(seed: int | None) -> int:
-    from ..engine import resolve_seed
-
-    return resolve_seed(seed)
 
 
 def _task(item: Item, run: Run) -> tuple[str, str | None, str | None]:

@@ -109,21 +109,8 @@ def seconds_of(fn: Callable[[], object], device: torch.device) -> float:
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Mean seconds of ``fn`` over ``repeats`` calls after one warm-up call."""
-    return timed_with_first(fn, device, repeats)[1]
-
-
-def timed_with_first(fn: Callable[[], object], device: torch.device, repeats: int) -> tuple[float, float]:
-    """(seconds of the first call — with any compilation —, mean seconds of the next ``repeats`` calls)."""
-    sync(device)
-    t0 = time.perf_counter()
     fn()
-    sync(device)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return first, (time.perf_counter() - t0) / repeats
+    return seconds_of(lambda: [fn() for _ in range(repeats)], device) / repeats
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:

@@ -68,7 +68,6 @@ class BlockStreamer:
         self._nbytes = max((b.numel() for b in self._host), default=0)
         self._slots: list[torch.Tensor] = []
         self._holder: list[int | None] = [None, None]  # which block each slot holds
-        self._next_slot = 0
         self._running: int | None = None  # the slot of the block now computing
         self._copy_stream: Any = torch.cuda.Stream(self.device) if cuda else None
         self._copied: list[Any] = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
