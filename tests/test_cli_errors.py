@@ -56,7 +56,7 @@ USAGE = [
     (["--guidance", "-1"], "--guidance"),
     (["--fps", "0"], "--fps"),
     (["--shift", "0"], "--shift"),
-    (["--solver", "ddim"], "'unipc', 'dpm++' or 'euler'"),
+    (["--solver", "ddim"], "'unipc', 'dpm++', 'euler' or 'lcm'"),
     (["--seed", "-2"], "--seed"),
     (["--device", "tpu"], "--device"),
     (["--offload", "disk"], "--offload"),

@@ -50,7 +50,7 @@ def files_in(folder: Path) -> list[str]:
 PHASES = {  # where to raise: (module, attribute)
     "load": ("wan_cli.engine.pipeline", "load_transformer"),
     "encode": ("wan_cli.engine.conditioning.TextEncoder", "encode"),
-    "denoise": ("wan_cli.engine.pipeline", "denoise"),
+    "denoise": ("wan_cli.engine.pipeline", "denoise_with_record"),
     "decode": ("wan_cli.engine.video.VideoWriter", "write"),
     "write": ("wan_cli.cli.generate", "write_json_atomic"),
 }
@@ -315,8 +315,8 @@ def test_a_100k_character_prompt_is_a_video(model: Path, tmp: Path) -> None:
 def test_nan_latents_are_an_error_not_a_black_video(model: Path, tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from wan_cli.engine import pipeline
 
-    real = pipeline.denoise
-    monkeypatch.setattr(pipeline, "denoise", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = pipeline.denoise_with_record
+    monkeypatch.setattr(pipeline, "denoise_with_record", lambda *a, **k: (real(*a, **k)[0] * float("nan"), None))
     result = runner.invoke(app, ["t2v", "a dog", "-m", str(model), *TINY, "-o", str(tmp / "x.mp4")])
     err = " ".join(result.stderr.split())
     assert result.exit_code == 1 and "NaN/Inf" in err and "--dtype bf16" in err

@@ -22,7 +22,7 @@ def test_wheel_ships_presets_and_entry_point(tmp: Path) -> None:
     wheel = next(tmp.glob("wan_cli-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     presets = sorted(p.name for p in (ROOT / "presets").glob("*.yaml"))
-    assert len(presets) == 6
+    assert len(presets) == 8  # 6 models' own + 2 distill presets
     for name in presets:
         assert f"wan_cli/preset_data/{name}" in names
     for module in ("wan_cli/engine/transformer.py", "wan_cli/engine/vae.py", "wan_cli/cli/app.py", "wan_cli/py.typed"):

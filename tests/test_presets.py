@@ -48,8 +48,20 @@ def test_shipped_presets_carry_the_reference_values(name: str) -> None:
     assert (values.frames, values.fps, values.solver) == (81, 16, "unipc")
 
 
+# The step-distilled LoRAs' presets: their authors' settings (docs/distill-facts.md §2, LightX2V configs/distill).
+DISTILLED = {"t2v-14b-480p-lightx2v": ("14b-t2v", "t2v"), "i2v-14b-480p-lightx2v": ("14b-i2v-480p", "i2v")}
+
+
+@pytest.mark.parametrize("name", sorted(DISTILLED))
+def test_distill_presets_carry_their_authors_settings(name: str) -> None:
+    _, values = load_preset(name)
+    got = (values.model, values.task, values.steps, values.guidance, values.shift, values.solver)
+    assert got == (*DISTILLED[name], 4, 1.0, 5.0, "lcm")
+
+
 def test_every_shipped_file_is_listed() -> None:
-    assert sorted(list_presets()) == sorted(p.stem for p in (ROOT / "presets").glob("*.yaml")) == sorted(EXPECTED)
+    shipped = sorted(p.stem for p in (ROOT / "presets").glob("*.yaml"))
+    assert sorted(list_presets()) == shipped == sorted([*EXPECTED, *DISTILLED])
 
 
 def test_merge_order() -> None:

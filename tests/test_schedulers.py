@@ -157,3 +157,28 @@ def test_bad_settings_are_refused() -> None:
         make_schedule(10, 0.0)
     with pytest.raises(ValueError, match="unknown solver"):
         new_state(make_schedule(4, 5.0), "heun")  # type: ignore[arg-type]
+
+
+def test_lcm_schedule_is_lightx2vs_distill_list() -> None:
+    """LightX2V's 4-step distill: denoising_step_list [1000, 750, 500, 250] with shift 5 gives σ = 1, 0.9375,
+    0.8333…, 0.625 and those σ·1000, unrounded, as the timesteps (docs/distill-facts.md §2)."""
+    from wan_cli.engine.schedulers import make_schedule
+
+    s = make_schedule(4, 5.0, "lcm")
+    torch.testing.assert_close(s.timesteps, torch.tensor([1000.0, 937.5, 2500 / 3, 625.0]), rtol=0, atol=1e-3)
+    torch.testing.assert_close(s.sigmas, torch.tensor([1.0, 0.9375, 5 / 6, 0.625, 0.0]), rtol=0, atol=1e-6)
+
+
+def test_lcm_step_predicts_x0_then_renoises_with_seeded_cpu_noise() -> None:
+    """x0 = x − σ_i·v; x_{i+1} = (1 − σ_{i+1})·x0 + σ_{i+1}·ε with ε from a CPU generator seeded seed + i + 1; the last
+    step returns x0."""
+    from wan_cli.engine.schedulers import make_schedule, new_state, step
+
+    sched = make_schedule(4, 5.0, "lcm")
+    state = new_state(sched, "lcm", seed=42)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(1, 16, 2, 4, 4, generator=g), torch.randn(1, 16, 2, 4, 4, generator=g)
+    eps = torch.randn(x.shape, generator=torch.Generator("cpu").manual_seed(42 + 0 + 1))
+    want = (1 - 0.9375) * (x - 1.0 * v) + 0.9375 * eps
+    torch.testing.assert_close(step(state, 0, x, v), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(step(state, 3, x, v), x - 0.625 * v, rtol=1e-6, atol=1e-6)

@@ -29,6 +29,7 @@ from .engine.request import Task, check_frame_count, check_seed, check_size
 
 DeviceName = Literal["auto", "cuda", "cpu", "mps"]
 DtypeName = Literal["auto", "bf16", "fp16", "fp32", "fp8"]
+CacheName = Literal["none", "teacache", "magcache", "easycache"]  # engine.request.CACHES
 
 
 def parse_size(value: object) -> tuple[int, int]:
@@ -78,6 +79,9 @@ class Values(BaseModel):
     seed: int | None = None  # 0 … 2^63 − 1, or -1: random (kept as -1 here so that it overrides a lower layer)
     device: DeviceName | None = None
     dtype: DtypeName | None = None
+    loras: list[str] | None = None  # "PATH[:SCALE]" each, in order (an empty list: none, overriding a lower layer)
+    cache: CacheName | None = None
+    cache_threshold: float | None = Field(default=None, ge=0, le=10)
 
     # the rules are the engine's (engine/request.py): one rule, one message, wherever a setting comes from
 
@@ -119,6 +123,9 @@ class Settings(BaseModel):
     seed: int | None
     device: DeviceName
     dtype: DtypeName
+    loras: tuple[str, ...] = ()
+    cache: CacheName = "none"
+    cache_threshold: float | None = None
 
     @property
     def width(self) -> int:

@@ -78,6 +78,8 @@ def settings_record(job: Job, result: GenerationResult, timings: dict[str, float
         "weights": result.weights,
         "offload": result.offload,
         "attention": result.attention,
+        "loras": result.loras,
+        "cache": result.cache,
         "wan_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -105,9 +107,13 @@ def pipeline_for(run: Run, job: Job) -> Pipeline:
     policy = "keep" if run.batch and device == "cpu" else None
     fp8 = job.settings.dtype == "fp8"
     key = (device, str(request.dtype), fp8)
+    # Items with different LoRA sets share the loaded DiT with the LoRAs at run time (merged ones cannot be taken
+    # off exactly: another set would mean a reload from disk).
+    lora_mode = "runtime" if run.lora_sets > 1 else "auto"
     if key not in run.pipelines:
         run.pipelines[key] = Pipeline(device=device, dtype=request.dtype, policy=policy, offload=offload,  # type: ignore[arg-type]
-                                      fp8=fp8, compile=run.opts.compile, attention=run.opts.attention)  # fmt: skip
+                                      fp8=fp8, compile=run.opts.compile, attention=run.opts.attention,
+                                      lora_mode=lora_mode)  # fmt: skip
     return run.pipelines[key]
 
 

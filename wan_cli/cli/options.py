@@ -32,7 +32,8 @@ HELP = {
     "seed": "Random seed (default, or -1: a random one, reported).",
     "negative_prompt": "What to avoid (default: the official negative prompt).",
     "prompts": "Batch: one prompt per line, or JSONL objects with per-item overrides (prompt, image, last_frame, "
-    "seed, output, save_latents, size, frames, steps, guidance, shift, solver, negative_prompt, model).",
+    "seed, output, save_latents, size, frames, steps, guidance, shift, solver, negative_prompt, model, loras, cache, "
+    "cache_threshold).",
     "save_latents": "Also save the final latents (safetensors; `wan decode` turns them into video). Batch: a folder "
     "or a template.",
     "text_encoder": "UMT5 weights, overriding the model's.",
@@ -50,6 +51,13 @@ HELP = {
     "compile": "torch.compile the DiT blocks: a one-time ~20 s, then ~25% faster steps on a GPU.",
     "attention": "Attention kernel: sdpa (PyTorch's choice), cudnn, flash3 (FlashAttention 3), flash "
     "(FlashAttention 2), sage (SageAttention). auto: flash3 where it is installed, else sdpa.",
+    "lora": "A LoRA for the DiT (diffusers/PEFT, ComfyUI/Kijai/lightx2v or musubi/kohya safetensors), at strength "
+    "SCALE (default 1); repeat for several. Merged into float weights, applied beside fp8/GGUF/streamed ones.",
+    "lora_strict": "on: LoRA keys that match no layer of the model are an error; off: apply the rest (reported).",
+    "cache": "Step cache: reuse the DiT's block output on steps where it barely changes (TeaCache, MagCache, "
+    "EasyCache; calibrations in docs/step-caches.md). Faster, at a small quality cost.",
+    "cache_threshold": "How much change a cache may skip over (0: none, same output as --cache none). Default: the "
+    "cache's published value.",
     "force": "Overwrite existing output files.",
     "json_out": "Print one JSON record per video (the sidecar's content).",
     "quiet": "Print only the output paths; no progress.",
@@ -67,7 +75,7 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("steps", int | None, ("--steps",), None, None),
     ("guidance", float | None, ("--guidance",), None, None),
     ("shift", float | None, ("--shift",), None, None),
-    ("solver", str | None, ("--solver",), "unipc|dpm++|euler", None),
+    ("solver", str | None, ("--solver",), "unipc|dpm++|euler|lcm", None),
     ("seed", int | None, ("--seed",), None, None),
     ("negative_prompt", str | None, ("--negative-prompt",), "TEXT", None),
     ("prompts", str | None, ("--prompts",), "FILE|-", None),
@@ -82,6 +90,10 @@ _COMMON: list[tuple[str, Any, tuple[str, ...], str | None, Any]] = [
     ("vae_tile", int | None, ("--vae-tile",), "PX", None),
     ("compile", bool, ("--compile",), None, False),
     ("attention", str, ("--attention",), "auto|sdpa|cudnn|flash3|sage", "auto"),
+    ("lora", list[str] | None, ("--lora",), "PATH[:SCALE]", None),
+    ("lora_strict", str, ("--lora-strict",), "on|off", "on"),
+    ("cache", str | None, ("--cache",), "none|teacache|magcache|easycache", None),
+    ("cache_threshold", float | None, ("--cache-threshold",), "X", None),
     ("force", bool, ("--force",), None, False),
     ("json_out", bool, ("--json",), None, False),
     ("quiet", bool, ("-q", "--quiet"), None, False),
@@ -197,6 +209,10 @@ class Options:
     vae_tile: int | None = None
     compile: bool = False
     attention: str = "auto"
+    lora: list[str] | None = None
+    lora_strict: str = "on"
+    cache: str | None = None
+    cache_threshold: float | None = None
     force: bool = False
     json_out: bool = False
     quiet: bool = False
@@ -204,7 +220,7 @@ class Options:
 
 
 SETTING_FLAGS = ("model", "size", "frames", "fps", "steps", "guidance", "shift", "solver", "seed", "negative_prompt",
-                 "device", "dtype")  # fmt: skip
+                 "device", "dtype", "cache", "cache_threshold")  # fmt: skip
 
 
 def vae_tiling(px: int | None) -> Tiling | None:
@@ -221,6 +237,10 @@ def vae_tiling(px: int | None) -> Tiling | None:
 def flag_values(opts: Options) -> Values:
     """The command-line layer; a bad value is a usage error naming the flag."""
     data = {k: getattr(opts, k) for k in SETTING_FLAGS if getattr(opts, k) is not None}
+    if opts.lora:
+        data["loras"] = opts.lora
+    if opts.lora_strict not in ("on", "off"):
+        raise UsageError(f"invalid value for --lora-strict: {opts.lora_strict!r}", hint="on or off")
     try:
         return Values.model_validate(data)
     except ValidationError as exc:

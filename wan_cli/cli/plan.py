@@ -47,6 +47,7 @@ class Run:
     image: str | None = None
     last_frame: str | None = None
     batch: bool = False
+    lora_sets: int = 1  # distinct LoRA sets among the planned items
     pipelines: dict[tuple[str, str, bool], Pipeline] = field(default_factory=dict)
     _memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
@@ -94,6 +95,9 @@ def _variant_name(spec: str) -> str | None:
     return found.name if found is not None else None
 
 
+OWN_PRESET = re.compile(r"^(t2v|i2v|flf2v)-[0-9.]+b-[0-9]+p$")
+
+
 def auto_preset(spec: str, task: str, size: tuple[int, int] | None) -> tuple[str, Values] | None:
     """The preset for a model: a registry name's own, or for a local checkpoint the one for its task and width;
     among a model's presets (14B t2v: 480p and 720p) the one nearest the requested size."""
@@ -102,7 +106,8 @@ def auto_preset(spec: str, task: str, size: tuple[int, int] | None) -> tuple[str
     if name is None:
         return None
     loaded = [load_preset(p) for p in list_presets()]
-    mine = [(n, v) for n, v in loaded if v.model == name and v.task in (task, None)]
+    # a model's own presets are named task-size-resolution; the others (t2v-14b-480p-lightx2v) are asked for by name
+    mine = [(n, v) for n, v in loaded if v.model == name and v.task in (task, None) and OWN_PRESET.match(n)]
     if not mine:
         return None
     if size is None:
@@ -247,7 +252,7 @@ def _outputs(item: Item, opts: Options, seed: int, task: str) -> tuple[Path, Pat
 def _request(item: Item, run: Run, settings: Settings, files: ModelFiles, task: str, seed: int,
              image: str | None, last: str | None) -> GenerationRequest:  # fmt: skip
     """The engine's request, validated by the engine's rules (engine/request.py)."""
-    from ..engine import GenerationRequest, resolve_device, resolve_dtype, validate
+    from ..engine import GenerationRequest, parse_lora, resolve_device, resolve_dtype, validate
 
     opts = run.opts
     device = run.memo(("device", settings.device), lambda: resolve_device(settings.device))
@@ -260,6 +265,8 @@ def _request(item: Item, run: Run, settings: Settings, files: ModelFiles, task: 
         dit=files.dit, vae=opts.vae or files.vae, text_encoder=opts.text_encoder or files.text_encoder,
         tokenizer=opts.tokenizer or files.tokenizer, image_encoder=opts.image_encoder or files.image_encoder,
         device=device, dtype=resolve_dtype(compute, device), tiling=vae_tiling(opts.vae_tile),
+        loras=tuple(parse_lora(text) for text in settings.loras), lora_strict=opts.lora_strict == "on",
+        cache=settings.cache, cache_threshold=settings.cache_threshold,
     )  # fmt: skip
     validate(request)
     return request
@@ -314,4 +321,5 @@ def plan_all(run: Run, items: list[Item]) -> tuple[list[Job], int]:
             report(exc, stderr, prefix=f"{item.where}: " if not str(exc).startswith(item.where) else "")
             continue
         jobs.append(job)
+    run.lora_sets = len({job.request.loras for job in jobs}) or 1
     return jobs, failures

@@ -10,6 +10,7 @@
 - ``load_text_encoder`` / ``load_image_encoder`` → UMT5 and CLIP (transformers models) from any layout.
 - ``generate(GenerationRequest)`` → :class:`GenerationResult` (latents + a frame stream); a :class:`Pipeline`
   keeps models loaded across a batch. ``validate(request)``: every rule of a request, checked before loading.
+- LoRAs: ``GenerationRequest(loras=(parse_lora("x.safetensors:0.8"),))``; ``Pipeline(lora_mode=…)``.
 - ``run_bench(BenchRequest)`` → :class:`BenchResult`: `wan bench`, timed through the same Pipeline path.
 
 Names are imported lazily (PEP 562), so importing ``wan_cli.engine.errors`` (as the CLI does for `--help`) does
@@ -31,11 +32,13 @@ _EXPORTS = {
     "images": ("load_image",),
     "latents": ("LatentsWriter", "iter_latents", "read_latents_info", "save_latents"),
     "layouts": ("Component",),
+    "lora": ("LORA_FORMATS", "LoraSpec", "parse_lora"),
     "memory": ("OFFLOAD_MODES", "Offload", "check_fits", "tune_host_allocator"),
     "outputs": ("check_not_input",),
     "pipeline": ("GenerationResult", "Pipeline", "generate"),
     "request": (
         "ATTENTION_BACKENDS",
+        "CACHES",
         "DEFAULT_NEGATIVE_PROMPTS",
         "GenerationRequest",
         "SOLVERS",
@@ -58,8 +61,10 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "ATTENTION_BACKENDS",
     "BENCH_MODELS",
+    "CACHES",
     "DEFAULT_NEGATIVE_PROMPTS",
     "DIT_CONFIGS",
+    "LORA_FORMATS",
     "OFFLOAD_MODES",
     "SOLVERS",
     "TASKS",
@@ -76,6 +81,7 @@ __all__ = [
     "InputError",
     "Interrupted",
     "LatentsWriter",
+    "LoraSpec",
     "Offload",
     "Pipeline",
     "Solver",
@@ -110,6 +116,7 @@ __all__ = [
     "load_text_encoder",
     "load_transformer",
     "load_vae",
+    "parse_lora",
     "peek_transformer_config",
     "read_latents_info",
     "resolve_device",
@@ -139,11 +146,13 @@ if TYPE_CHECKING:
     from .images import load_image
     from .latents import LatentsWriter, iter_latents, read_latents_info, save_latents
     from .layouts import Component
+    from .lora import LORA_FORMATS, LoraSpec, parse_lora
     from .memory import OFFLOAD_MODES, Offload, check_fits, tune_host_allocator
     from .outputs import check_not_input
     from .pipeline import GenerationResult, Pipeline, generate
     from .request import (
         ATTENTION_BACKENDS,
+        CACHES,
         DEFAULT_NEGATIVE_PROMPTS,
         SOLVERS,
         TASKS,

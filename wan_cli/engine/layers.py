@@ -33,6 +33,9 @@ class Linear(nn.Linear):
         self._compute_dtype: torch.dtype | None = None
         self.fp8_matmul = False  # fp8 × fp8 products with torch._scaled_mm (CUDA, sm_89+)
         self.weight_qtype: str | None = None  # GGUF block type of ``weight`` ("Q4_K", …); None for float weights
+        # Run-time LoRA adapters (``lora.apply``): (down [r, in], up [out, r], scale) adds scale·(x·downᵀ)·upᵀ;
+        # (diff [out, in], None, scale) adds scale·x·diffᵀ. In the compute dtype, on the compute device.
+        self.lora_adapters: tuple[tuple[torch.Tensor, torch.Tensor | None, float], ...] = ()
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -67,14 +70,24 @@ class Linear(nn.Linear):
         """Whether the weight is an ordinary float tensor (neither fp8 nor GGUF blocks)."""
         return self.weight_scale is None and self.weight_qtype is None
 
+    def lora_out(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out`` plus the run-time LoRA adapters' contribution for input ``x`` (in the compute dtype)."""
+        for a, b, scale in self.lora_adapters:
+            a, b = a.to(x.device), None if b is None else b.to(x.device)  # no-ops unless the layer was moved
+            h = F.linear(x, a)  # [.., r] (or [.., out] for a full diff)
+            out = out + (h if b is None else F.linear(h, b)) * scale
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.compute_dtype)
         if self.weight_qtype is not None:
-            cdt = self.compute_dtype
-            w = dequantize(self.weight, self.weight_qtype, (self.out_features, self.in_features), cdt)  # [out, in]
-            return F.linear(x.to(cdt), w, self.bias)
-        if self.weight_scale is None:
-            return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
-        return fp8_linear(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias, self.fp8_matmul)
+            w = dequantize(self.weight, self.weight_qtype, (self.out_features, self.in_features), x.dtype)  # [out, in]
+            out = F.linear(x, w, self.bias)
+        elif self.weight_scale is None:
+            out = F.linear(x, self.weight, self.bias)
+        else:
+            out = fp8_linear(x, self.weight, self.weight_scale, self.bias, self.fp8_matmul)
+        return self.lora_out(x, out) if self.lora_adapters else out
 
 
 class Conv3d(nn.Conv3d):

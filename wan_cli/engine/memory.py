@@ -212,6 +212,17 @@ class ModelCache:
         if keys and self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def loaded(self, component: str, path: str) -> Any | None:
+        """The model loaded for (component, path), or None."""
+        return self._models.get((component, path))
+
+    def evict(self, component: str) -> None:
+        """Forget every loaded model of ``component`` now, whatever the policy (a merged LoRA set changed)."""
+        for key in [k for k in self._models if k[0] == component]:
+            if key in self._streamers:
+                self._streamers.pop(key)[0].detach()
+            del self._models[key]
+
     def clear(self) -> None:
         for streamer, _, _ in self._streamers.values():
             streamer.detach()

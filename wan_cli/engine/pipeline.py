@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,15 +26,27 @@ from .checkpoints import gguf_dit_bytes, load_transformer, load_vae, peek_transf
 from .conditioning import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from .errors import InputError, WanError
 from .images import conditioning_video, i2v_mask, i2v_size, load_image, match_last_frame
+from .layers import Linear
+from .lora import Applied, LoraSpec, apply, read_lora
 from .memory import MemoryPolicy, ModelCache, Offload, choose_offload, free_memory
 from .ops import resolve_attention
 from .prepare import compile_blocks, dit_weight_bytes, fuse_qkv_, set_attention, set_fp8_matmul
 from .request import DEFAULT_NEGATIVE_PROMPTS, GenerationRequest, Task, latent_tokens, resolve_seed, validate
-from .sampling import Conditioning, ProgressFn, cfg_batch_fits, check_finite, decode_frames, denoise, make_noise
+from .sampling import (
+    Conditioning,
+    ProgressFn,
+    cfg_batch_fits,
+    check_finite,
+    decode_frames,
+    denoise_with_record,
+    make_noise,
+)
+from .stepcache import check_cache, detect_variant
 from .transformer import WanModel, a_model
 from .vae import SPATIAL_STRIDE, WanVAE
 
 log = logging.getLogger(__name__)
+LORA_MODES = ("auto", "merge", "runtime")
 
 
 @dataclass
@@ -46,6 +59,8 @@ class GenerationResult:
     offload: str = "none"  # the memory mode used
     weights: str = "as stored"  # the DiT's block weights: "as stored" (in the compute dtype) or "fp8"
     attention: str = "sdpa"  # the attention kernel that ran
+    loras: list[dict[str, Any]] = field(default_factory=list)  # path, strength, format, applied, unmatched keys
+    cache: dict[str, Any] = field(default_factory=lambda: {"kind": "none"})  # the step cache's record
     _decode: Callable[[], Iterator[torch.Tensor]] | None = None
 
     @property
@@ -81,12 +96,18 @@ class Pipeline:
     fp8: store the DiT blocks' matmul weights as scaled float8_e4m3fn (half of bf16), computing in ``dtype``;
     fp8_matmul: multiply in fp8 too (``torch._scaled_mm``). attention: the kernel (``ops.resolve_attention``:
     ``auto``, ``sdpa``, ``cudnn``, ``flash3``, ``flash``, ``sage``), checked here, before anything loads.
+    lora_mode: how a request's LoRAs go on the DiT (``lora.py``): ``merge`` into the weights (float weights only; no
+    per-step cost; a different set later reloads the DiT, since merged weights cannot be restored bit-exactly),
+    ``runtime`` (beside each layer: a set changes without a reload; fp8 / GGUF / streamed weights), ``auto`` (merge
+    where the weights are plain floats and resident, else run time). A batch with several LoRA sets should use
+    ``runtime`` (the CLI does).
     Loads, moves and releases are logged at DEBUG level on ``wan_cli.engine.pipeline``.
     """
 
     def __init__(self, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                  policy: MemoryPolicy | None = None, offload: Offload | None = None, fp8: bool = False,
-                 fp8_matmul: bool = False, compile: bool = False, attention: str = "sdpa") -> None:  # fmt: skip
+                 fp8_matmul: bool = False, compile: bool = False, attention: str = "sdpa",
+                 lora_mode: str = "auto") -> None:  # fmt: skip
         self.device = torch.device(device)
         self.compile = compile  # torch.compile the DiT blocks (prepare.compile_blocks)
         self.dtype = dtype or default_dtype(self.device)
@@ -96,6 +117,11 @@ class Pipeline:
         self._policy = policy
         self.cache = ModelCache(self.device, self.policy)
         self._text_cache: dict[tuple[str, str], torch.Tensor] = {}  # (encoder path, prompt) → embedding (CPU)
+        if lora_mode not in LORA_MODES:
+            raise InputError(f"unknown LoRA mode {lora_mode!r}", hint=f"choose one of: {', '.join(LORA_MODES)}")
+        self.lora_mode = lora_mode
+        # DiT path → (the model, weakly: a released model must be freed), what is on it, its record
+        self._loras: dict[str, tuple[weakref.ref[WanModel], Applied, list[dict[str, Any]]]] = {}
 
     @property
     def policy(self) -> MemoryPolicy:
@@ -171,14 +197,43 @@ class Pipeline:
     def dit_load_device(self) -> torch.device:
         return torch.device("cpu") if self.offload == "blocks" else self.cache.load_device
 
-    def dit(self, path: str, task: Task) -> WanModel:
+    def dit(self, path: str, task: Task, loras: tuple[LoraSpec, ...] = (), strict: bool = True) -> WanModel:
+        """The DiT with exactly ``loras`` on it (what was on it before is taken off, a merged set by a reload)."""
         dev = self.dit_load_device()
 
         def load() -> WanModel:
             model = load_transformer(path, device=dev, dtype=self.dtype, model_type=task, fp8=self.fp8)
             return self.prepare_dit(model, ("dit", path))
 
-        return self.cache.get("dit", path, load)
+        on = self._loras.get(path)
+        loaded = self.cache.loaded("dit", path)
+        if on is not None and (on[0]() is not loaded or on[1].specs != loras):
+            if isinstance(loaded, WanModel) and on[0]() is loaded:  # the same model, another set
+                if on[1].merged:
+                    log.info("LoRAs %s were merged into the DiT: reloading it for %s", on[1].specs, loras or "none")
+                    self.cache.evict("dit")
+                else:
+                    on[1].remove(loaded)
+            del self._loras[path]
+        model = self.cache.get("dit", path, load)
+        if loras and path not in self._loras:
+            self._loras[path] = (weakref.ref(model), *self._put_loras(model, loras, strict))
+        return model
+
+    def _put_loras(self, model: WanModel, specs: tuple[LoraSpec, ...],
+                   strict: bool) -> tuple[Applied, list[dict[str, Any]]]:  # fmt: skip
+        read = [read_lora(spec, model, strict=strict) for spec in specs]
+        plain = all(m.plain for m in model.blocks.modules() if isinstance(m, Linear))
+        merge = self.lora_mode == "merge" or (self.lora_mode == "auto" and plain and self.offload != "blocks")
+        applied = apply(model, [lora for lora, _ in read], specs, merge=merge, device=self.device)
+        records = [{"path": lora.path, "strength": lora.strength, "format": lora.format,
+                    "applied": "merged" if merge else "runtime", "unmatched_keys": len(unmatched),
+                    "dropped_keys": len(lora.dropped)} for lora, unmatched in read]  # fmt: skip
+        for lora, unmatched in read:
+            if unmatched:
+                log.warning("%s: %d keys matched nothing and were skipped (first: %s)", lora.path, len(unmatched),
+                            sorted(unmatched)[0])  # fmt: skip
+        return applied, records
 
     def vae(self, path: str) -> WanVAE:
         dev = self.cache.load_device
@@ -233,6 +288,10 @@ class Pipeline:
                 f"{paths['dit']} is {a_model(dit_cfg.model_type)}; {request.task} needs {a_model(request.task)}",
                 hint="pick the matching checkpoint (`wan inspect PATH` tells what a file holds)",
             )
+        if request.cache != "none":  # a cache without a calibration for this model fails now, not after loading
+            check_cache(request.cache, request.cache_threshold)
+            if request.cache in ("teacache", "magcache"):
+                detect_variant(dit_cfg, (request.height // SPATIAL_STRIDE, request.width // SPATIAL_STRIDE))
         timings: dict[str, float] = {}
         tokens = latent_tokens(request.width, request.height, request.frames)
         offload = self.resolve_offload(dit_cfg, tokens, paths["dit"])
@@ -258,12 +317,16 @@ class Pipeline:
         dev = self.device
         cond = Conditioning(ctx.to(dev), clip_fea, y)
         uncond = None if req.guidance == 1.0 else Conditioning(neg.to(dev), clip_fea, y)  # g = 1: c exactly
-        model = self.dit(paths["dit"], req.task)
+        model = self.dit(paths["dit"], req.task, tuple(req.loras), req.lora_strict)
+        loras = self._loras[paths["dit"]][2] if req.loras else []
         batch = self.cfg_batch(model, tokens, req.cfg_batch)
         t0 = time.perf_counter()
         with torch.no_grad():
-            latents = denoise(model, noise.to(dev), cond, uncond, steps=req.steps, shift=req.shift,
-                              solver=req.solver, guidance=req.guidance, batch=batch, progress=progress)  # fmt: skip
+            latents, record = denoise_with_record(
+                model, noise.to(dev), cond, uncond, steps=req.steps, shift=req.shift, solver=req.solver,
+                guidance=req.guidance, batch=batch, progress=progress, cache=req.cache,
+                cache_threshold=req.cache_threshold, seed=req.seed,
+            )  # fmt: skip
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         timings["denoise_s"] = time.perf_counter() - t0
@@ -275,7 +338,8 @@ class Pipeline:
         weights = "fp8" if self.fp8 else "as stored"
         decode = lambda: self._decode(paths["vae"], latents, req, timings)  # noqa: E731  (lazy: no VAE load yet)
         return GenerationResult(request=req, latents=latents, timings=timings, offload=offload, weights=weights,
-                                attention=self.attention, _decode=decode)  # fmt: skip
+                                attention=self.attention, loras=loras, _decode=decode,
+                                cache=record.to_json() if record is not None else {"kind": "none"})  # fmt: skip
 
     def _decode(self, vae_path: str, latents: torch.Tensor, req: GenerationRequest,
                 timings: dict[str, float]) -> Iterator[torch.Tensor]:  # fmt: skip

@@ -20,12 +20,14 @@ from .errors import InputError
 if TYPE_CHECKING:
     import torch
 
+    from .lora import LoraSpec
     from .vae import Tiling
 
 Task = Literal["t2v", "i2v", "flf2v"]  # also the DiT's ``model_type``
 TASKS: tuple[Task, ...] = ("t2v", "i2v", "flf2v")
-Solver = Literal["unipc", "dpm++", "euler"]
-SOLVERS: tuple[Solver, ...] = ("unipc", "dpm++", "euler")
+Solver = Literal["unipc", "dpm++", "euler", "lcm"]
+SOLVERS: tuple[Solver, ...] = ("unipc", "dpm++", "euler", "lcm")  # lcm: for step-distilled models (schedulers.py)
+CACHES = ("none", "teacache", "magcache", "easycache")  # step caches (stepcache.py)
 ATTENTION_BACKENDS = ("auto", "sdpa", "cudnn", "flash3", "flash", "sage")  # ops.attention; auto: ops.resolve_attention
 TEMPORAL_STRIDE = 4  # the VAE's: 1 + 4k pixel frames ↔ 1 + k latent frames
 SIZE_STEP = 16  # the VAE's ×8 and the DiT's 2×2 patches
@@ -72,6 +74,10 @@ class GenerationRequest:
     dtype: torch.dtype | None = None  # None: bf16 on accelerators, fp32 on CPU
     cfg_batch: bool | None = None  # cond + uncond in one forward; None: when memory allows
     tiling: Tiling | None = None  # VAE spatial tiling
+    loras: tuple[LoraSpec, ...] = ()  # DiT LoRAs in order (``lora.py``)
+    lora_strict: bool = True  # LoRA keys that match nothing are an error (False: applied partially, reported)
+    cache: str = "none"  # step cache (``stepcache.CACHE_KINDS``)
+    cache_threshold: float | None = None  # None: the cache's published default
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -141,6 +147,13 @@ def validate(req: GenerationRequest) -> None:
     check_shift(req.shift)
     check_choice("solver", req.solver, SOLVERS)
     check_seed(req.seed)
+    check_choice("cache", req.cache, CACHES)
+    if req.cache_threshold is not None and not (math.isfinite(req.cache_threshold) and req.cache_threshold >= 0):
+        raise InputError(f"cache threshold {req.cache_threshold} is not a non-negative number",
+                         hint="0 reuses nothing (same output as no cache); larger skips more steps")  # fmt: skip
+    for spec in req.loras:
+        if not Path(spec.path).is_file():
+            raise InputError(f"LoRA file not found: {spec.path}", hint="give the path of a .safetensors LoRA file")
     if req.task in ("i2v", "flf2v") and req.image is None:
         raise InputError(f"{req.task} needs an input image", hint="pass the first frame")
     if req.task == "flf2v" and req.last_image is None:

@@ -7,7 +7,7 @@ Facts: ``wan21-architecture.md`` §6 (solvers), §7 (CFG, noise). Each function 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .errors import WanError
 from .request import Solver
 from .schedulers import make_schedule, new_state, step
+from .stepcache import COND, UNCOND, CacheRecord, CacheSettings, StepCache, cached_forward, check_cache, make_cache
 from .transformer import WanModel
 from .vae import SPATIAL_STRIDE, TEMPORAL_STRIDE, Tiling, WanVAE
 
@@ -51,24 +52,30 @@ def predict_velocity(
     uncond: Conditioning | None,
     guidance: float,
     batch: bool,
+    cache: StepCache | None = None,
+    step_index: int = 0,
 ) -> torch.Tensor:
     """Classifier-free guidance u + g·(c − u); one batched forward for both, or two sequential ones.
     ``t`` should already be on x's device: a blocking host→device copy per step would stall the CPU until the GPU
-    has drained its queue (``denoise`` moves all timesteps once)."""
+    has drained its queue (``denoise`` moves all timesteps once). With a step ``cache`` each forward goes through
+    ``stepcache.cached_forward``, which is told the step and which rows are cond / uncond."""
     ts = t.reshape(1).to(x.device)
 
-    def run(cs: list[Conditioning]) -> torch.Tensor:
+    def run(cs: list[Conditioning], branches: tuple[int, ...]) -> torch.Tensor:
         n = len(cs)
         clip = torch.cat([c.clip_fea for c in cs]) if cs[0].clip_fea is not None else None  # type: ignore[misc]
         y = torch.cat([c.y for c in cs]) if cs[0].y is not None else None  # type: ignore[misc]
-        return model(x.expand(n, *x.shape[1:]), ts.expand(n), _stack_contexts([c.context for c in cs]), clip, y)
+        args = (x.expand(n, *x.shape[1:]), ts.expand(n), _stack_contexts([c.context for c in cs]), clip, y)
+        if cache is None:
+            return model(*args)
+        return cached_forward(model, cache, *args, step=step_index, branches=branches)
 
     if uncond is None:
-        return run([cond])
+        return run([cond], (COND,))
     if batch:
-        v_c, v_u = run([cond, uncond]).chunk(2)
+        v_c, v_u = run([cond, uncond], (COND, UNCOND)).chunk(2)
     else:
-        v_c, v_u = run([cond]), run([uncond])
+        v_c, v_u = run([cond], (COND,)), run([uncond], (UNCOND,))
     return v_u + guidance * (v_c - v_u)
 
 
@@ -84,19 +91,55 @@ def denoise(
     guidance: float,
     batch: bool = True,
     progress: ProgressFn | None = None,
+    cache: str | CacheSettings = "none",
+    cache_threshold: float | None = None,
+    seed: int = 0,
 ) -> torch.Tensor:
-    """Integrate from noise to data: [1, 16, F_lat, h, w] float32 in, the same out (normalised latent space)."""
+    """Integrate from noise to data: [1, 16, F_lat, h, w] float32 in, the same out (normalised latent space).
+    ``cache``: a ``stepcache.CACHE_KINDS`` name or full ``CacheSettings``; ``cache_threshold`` overrides its
+    threshold. :func:`denoise_with_record` also returns what the cache did."""
+    return denoise_with_record(model, noise, cond, uncond, steps=steps, shift=shift, solver=solver,
+                               guidance=guidance, batch=batch, progress=progress, cache=cache,
+                               cache_threshold=cache_threshold, seed=seed)[0]  # fmt: skip
+
+
+def denoise_with_record(
+    model: WanModel,
+    noise: torch.Tensor,
+    cond: Conditioning,
+    uncond: Conditioning | None,
+    *,
+    steps: int,
+    shift: float,
+    solver: Solver,
+    guidance: float,
+    batch: bool = True,
+    progress: ProgressFn | None = None,
+    cache: str | CacheSettings = "none",
+    cache_threshold: float | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, CacheRecord | None]:
+    """:func:`denoise`, and the step cache's record (None without a cache). ``cache="none"`` runs the plain loop.
+    ``seed``: the lcm solver's fresh noise per step (``schedulers.lcm_step``)."""
+    settings = cache if isinstance(cache, CacheSettings) else CacheSettings(kind=cache)
+    if cache_threshold is not None:
+        settings = replace(settings, threshold=cache_threshold)
+    check_cache(settings.kind, settings.threshold)  # before any step runs
+    state = None if settings.kind == "none" else make_cache(model.config, settings, steps, noise.shape)
     schedule = make_schedule(steps, shift, solver)
-    state = new_state(schedule, solver)
+    solver_state = new_state(schedule, solver, seed)
     latents = noise
     # All timesteps go to the device in one copy before the loop; the solver's σ arithmetic uses CPU scalars (passed
     # by value to the kernels). So no step waits for the GPU: the CPU queues the next forward while it computes.
     for i, t in enumerate(schedule.timesteps.to(noise.device)):
-        v = predict_velocity(model, latents, t, cond, uncond, guidance, batch)
-        latents = step(state, i, latents, v.float())
+        if state is None:
+            v = predict_velocity(model, latents, t, cond, uncond, guidance, batch)
+        else:
+            v = predict_velocity(model, latents, t, cond, uncond, guidance, batch, state, i)
+        latents = step(solver_state, i, latents, v.float())
         if progress is not None:
             progress("denoise", i + 1, steps)
-    return latents
+    return latents, None if state is None else state.record
 
 
 def cfg_batch_fits(model: WanModel, tokens: int, device: torch.device) -> bool:

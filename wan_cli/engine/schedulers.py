@@ -1,4 +1,5 @@
-"""Flow-matching solvers: UniPC (official default), DPM++ 2M and plain Euler, as plain functions over a small state.
+"""Flow-matching solvers: UniPC (official default), DPM++ 2M, plain Euler and the step-distilled models' ``lcm``
+(x0 prediction, then fresh noise at the next σ), as plain functions over a small state.
 
 Facts: ``wan21-architecture.md`` §6. Convention: x_σ = (1 − σ)·x0 + σ·noise, the DiT predicts v ≈ noise − x0, so the
 data prediction is m = x − σ·v. The schedule is built exactly as the official code does (NumPy float64 math, integer
@@ -39,19 +40,22 @@ def shift_sigmas(sigma: np.ndarray, shift: float) -> np.ndarray:
 def make_schedule(steps: int, shift: float, solver: Solver = "unipc") -> Schedule:
     """The official sigma grid for ``solver``.
 
-    UniPC (and Euler): linspace(σ_max, 0, steps + 1)[:-1], shifted. DPM++: linspace(1, 0, steps + 1)[:steps],
-    shifted (so its first timestep is 1000). Timesteps are int(σ·1000), truncated.
+    UniPC (and Euler): linspace(σ_max, 0, steps + 1)[:-1], shifted. DPM++ and lcm: linspace(1, 0, steps + 1)[:steps],
+    shifted (so the first timestep is 1000; lcm at 4 steps, shift 5: LightX2V's [1000, 750, 500, 250] list, i.e.
+    σ = 1, 0.9375, 0.8333, 0.625). Timesteps are int(σ·1000), truncated, except lcm's (float σ·1000).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if shift <= 0:
         raise ValueError(f"shift must be positive, got {shift}")
-    if solver == "dpm++":
+    if solver in ("dpm++", "lcm"):
         sigma = np.linspace(1, 0, steps + 1)[:steps]
     else:
         sigma = np.linspace(SIGMA_MAX, 0, steps + 1).copy()[:-1]
     sigma = shift_sigmas(sigma, shift)
-    timesteps = torch.from_numpy(sigma * NUM_TRAIN_TIMESTEPS).to(torch.int64)
+    timesteps = torch.from_numpy(sigma * NUM_TRAIN_TIMESTEPS)
+    # LightX2V's distill scheduler feeds σ·1000 unrounded (937.5, 833.3…: docs/distill-facts.md §2); the others truncate
+    timesteps = timesteps.float() if solver == "lcm" else timesteps.to(torch.int64)
     sigmas = torch.from_numpy(np.concatenate([sigma, [0.0]]).astype(np.float32))
     return Schedule(sigmas=sigmas, timesteps=timesteps)
 
@@ -65,12 +69,13 @@ class SolverState:
     x0: list[torch.Tensor] = field(default_factory=list)  # data predictions m of the last steps, newest last (≤ 2)
     prev_sample: torch.Tensor | None = None  # UniPC: the sample that entered the previous predictor
     prev_order: int = 0  # UniPC: the order that predictor used
+    seed: int = 0  # lcm: step i draws its fresh noise from a CPU generator seeded with seed + i + 1
 
 
-def new_state(schedule: Schedule, solver: Solver) -> SolverState:
+def new_state(schedule: Schedule, solver: Solver, seed: int = 0) -> SolverState:
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-    return SolverState(schedule=schedule, solver=solver)
+    return SolverState(schedule=schedule, solver=solver, seed=seed)
 
 
 def step(state: SolverState, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -79,6 +84,8 @@ def step(state: SolverState, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.
         return unipc_step(state, i, x, v)
     if state.solver == "dpm++":
         return dpmpp_step(state, i, x, v)
+    if state.solver == "lcm":
+        return lcm_step(state, i, x, v)
     return euler_step(state.schedule, i, x, v)
 
 
@@ -98,6 +105,19 @@ def euler_step(schedule: Schedule, i: int, x: torch.Tensor, v: torch.Tensor) -> 
     """x_{i+1} = x_i + (σ_{i+1} − σ_i)·v."""
     s = schedule.sigmas
     return (x.float() + (s[i + 1] - s[i]) * v.float()).to(x.dtype)
+
+
+def lcm_step(state: SolverState, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """x0 = x_i − σ_i·v; the last step returns x0, the others re-noise it at σ_{i+1} with fresh noise ε:
+    x_{i+1} = (1 − σ_{i+1})·x0 + σ_{i+1}·ε (LightX2V's step-distill sampler; ComfyUI's ``lcm`` for flow models).
+    ε is drawn on the CPU (float32, seeded with seed + i + 1), like the initial noise: the same video anywhere."""
+    s = state.schedule.sigmas
+    x0 = x.float() - s[i] * v.float()
+    if i + 1 >= state.schedule.steps:
+        return x0.to(x.dtype)
+    g = torch.Generator("cpu").manual_seed((state.seed + i + 1) % 2**63)
+    eps = torch.randn(x.shape, generator=g, dtype=torch.float32).to(x.device)
+    return ((1 - s[i + 1]) * x0 + s[i + 1] * eps).to(x.dtype)
 
 
 def dpmpp_step(state: SolverState, i: int, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

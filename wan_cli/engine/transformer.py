@@ -140,6 +140,8 @@ class WanSelfAttention(nn.Module):
         x = x.to(cdt)  # once, not in each of q, k and v (the input arrives in fp32 from the modulation)
         if self.qkv_weight is not None:
             q, k, v = F.linear(x, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
+            if self.q.lora_adapters or self.k.lora_adapters or self.v.lora_adapters:  # run-time LoRAs
+                q, k, v = self.q.lora_out(x, q), self.k.lora_out(x, k), self.v.lora_out(x, v)
         else:
             q, k, v = self.q(x), self.k(x), self.v(x)
         q = apply_rope(self._heads(self.norm_q(q)), *rope).to(cdt)
@@ -261,6 +263,18 @@ class MLPProj(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Embedded:
+    """What ``WanModel.embed`` hands to the block stack and the head (one forward's worth)."""
+
+    tokens: torch.Tensor  # [B, L, D] patch tokens, compute dtype
+    e: torch.Tensor  # [B, D] fp32 time embedding (the head's modulation)
+    e0: torch.Tensor  # [B, 6, D] fp32 its 6-way projection (each block's modulation)
+    ctx: torch.Tensor  # [B, (257|514 +) text_len, D] context tokens
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin tables for the token grid
+    grid: tuple[int, int, int]  # (F, H, W) in patches
+
+
 class WanModel(nn.Module):
     def __init__(self, cfg: WanDiTConfig) -> None:
         super().__init__()
@@ -309,12 +323,26 @@ class WanModel(nn.Module):
         x [B, 16, F, H, W] noisy latents; timestep [B] (integers 0..1000); context [B, L ≤ text_len, text_dim] text
         embeddings (zero-padded here to text_len); i2v/flf2v also take clip_fea [B, 257|514, 1280] and y
         [B, 20, F, H, W] (4 mask + 16 image-latent channels). Returns [B, 16, F, H, W] float32.
+
+        The three phases are public so that a step cache (``stepcache.py``) can run them apart, reusing the block
+        stack's residual, with exactly these numerics.
         """
+        emb = self.embed(x, timestep, context, clip_fea, y)
+        return self.final(self.run_blocks(emb.tokens, emb.e0, emb.ctx, emb.rope), emb.e, emb.grid)
+
+    def embed(
+        self,
+        x: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        clip_fea: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+    ) -> Embedded:
+        """Inputs checked, patchified and embedded: everything the block stack and the head take."""
         cfg = self.config
         self._check_inputs(x, timestep, context, clip_fea, y)
         if y is not None:
             x = torch.cat([x, y.to(x.dtype)], dim=1)
-        b = x.shape[0]
         pt, ph, pw = cfg.patch_size
         grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
 
@@ -329,10 +357,21 @@ class WanModel(nn.Module):
         ctx = self.text_embedding(context)  # [B, text_len, D]
         if clip_fea is not None:
             ctx = torch.cat([self.img_emb(clip_fea).to(ctx.dtype), ctx], dim=1)  # image tokens first
+        return Embedded(tokens, e, e0, ctx, rope, grid)
 
+    def run_blocks(
+        self, tokens: torch.Tensor, e0: torch.Tensor, ctx: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """The block stack: tokens [B, L, D] (compute dtype) → [B, L, D] fp32; e0 [B, 6, D], ctx [B, Lc, D]."""
         for block in self.blocks:
             tokens = block(tokens, e0, ctx, rope)
+        return tokens
 
+    def final(self, tokens: torch.Tensor, e: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Head and unpatchify: tokens [B, L, D], e [B, D] → velocity [B, out_dim, F, H, W] fp32."""
+        cfg = self.config
+        b = tokens.shape[0]
+        pt, ph, pw = cfg.patch_size
         out = self.head(tokens, e)  # [B, L, 16·pt·ph·pw] fp32
         f, h, w = grid
         out = out.view(b, f, h, w, pt, ph, pw, cfg.out_dim)  # channel last within a patch
