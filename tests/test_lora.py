@@ -356,3 +356,15 @@ def test_t2v_latents_with_a_lora_match_diffusers_pipeline(tmp_path: Path) -> Non
     plain = Pipeline().generate(replace(req, loras=())).latents
     assert rel_err(ours, plain) > 1e-3
     assert rel_err(ours, ref[0]) <= 1e-4
+
+
+def test_release_policy_applies_the_loras_to_each_fresh_load(tmp_path: Path) -> None:
+    """release frees the DiT after each video: the next load must get the LoRAs again (and a LoRA-free request after
+    it none)."""
+    folder = write_diffusers_pipeline(tmp_path / "pipe", "t2v", seed=1)
+    a = LoraSpec(str(_save(random_lora(random_dit(tiny_dit_config(), seed=1), seed=1), tmp_path / "a.safetensors")))
+    pipe = Pipeline(policy="release")
+    first, second, bare = (pipe.generate(_request(folder, s)).latents for s in ((a,), (a,), ()))
+    assert torch.equal(first, second)
+    assert torch.equal(bare, Pipeline(policy="release").generate(_request(folder, ())).latents)
+    assert not torch.equal(first, bare)

@@ -207,15 +207,16 @@ class Pipeline:
 
         on = self._loras.get(path)
         loaded = self.cache.loaded("dit", path)
-        if on is not None and (on[0]() is not loaded or on[1].specs != loras):
-            if isinstance(loaded, WanModel) and on[0]() is loaded:  # the same model, another set
-                if on[1].merged:
-                    log.info("LoRAs %s were merged into the DiT: reloading it for %s", on[1].specs, loras or "none")
-                    self.cache.evict("dit")
-                else:
-                    on[1].remove(loaded)
+        if on is not None and isinstance(loaded, WanModel) and on[0]() is loaded and on[1].specs != loras:  # new set
+            if on[1].merged:
+                log.info("LoRAs %s were merged into the DiT: reloading it for %s", on[1].specs, loras or "none")
+                self.cache.evict("dit")
+            else:
+                on[1].remove(loaded)
             del self._loras[path]
         model = self.cache.get("dit", path, load)
+        if path in self._loras and self._loras[path][0]() is not model:  # a fresh load (released before): bare
+            del self._loras[path]
         if loras and path not in self._loras:
             self._loras[path] = (weakref.ref(model), *self._put_loras(model, loras, strict))
         return model
