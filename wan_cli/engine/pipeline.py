@@ -41,7 +41,7 @@ from .sampling import (
     denoise_with_record,
     make_noise,
 )
-from .stepcache import check_cache, detect_variant
+from .stepcache import detect_variant
 from .transformer import WanModel, a_model
 from .vae import SPATIAL_STRIDE, WanVAE
 
@@ -289,10 +289,8 @@ class Pipeline:
                 f"{paths['dit']} is {a_model(dit_cfg.model_type)}; {request.task} needs {a_model(request.task)}",
                 hint="pick the matching checkpoint (`wan inspect PATH` tells what a file holds)",
             )
-        if request.cache != "none":  # a cache without a calibration for this model fails now, not after loading
-            check_cache(request.cache, request.cache_threshold)
-            if request.cache in ("teacache", "magcache"):
-                detect_variant(dit_cfg, (request.height // SPATIAL_STRIDE, request.width // SPATIAL_STRIDE))
+        if request.cache in ("teacache", "magcache"):  # no calibration for this model: fails now, not after loading
+            detect_variant(dit_cfg, (request.height // SPATIAL_STRIDE, request.width // SPATIAL_STRIDE))
         timings: dict[str, float] = {}
         tokens = latent_tokens(request.width, request.height, request.frames)
         offload = self.resolve_offload(dit_cfg, tokens, paths["dit"])

@@ -135,6 +135,17 @@ def check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"unknown {what} {value!r}", hint=f"use one of {', '.join(choices)}")
 
 
+def check_cache(kind: str, threshold: float | None = None) -> None:
+    """The user-facing rules: a known kind and a finite threshold ≥ 0 (0 never skips)."""
+    if kind not in CACHES:
+        raise InputError(f"unknown step cache {kind!r}", hint=f"use one of: {', '.join(CACHES)}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+        raise InputError(f"cache threshold must be a finite number >= 0, not {threshold}",
+                         hint="0 never skips; the published defaults are 0.05–0.3 (docs/step-caches.md)")  # fmt: skip
+    if threshold is not None and kind == "none":
+        raise InputError("a cache threshold needs a step cache", hint="add --cache teacache|magcache|easycache")
+
+
 def validate(req: GenerationRequest) -> None:
     """Reject bad settings before anything is loaded (InputError with a hint)."""
     check_choice("task", req.task, TASKS)
@@ -147,10 +158,7 @@ def validate(req: GenerationRequest) -> None:
     check_shift(req.shift)
     check_choice("solver", req.solver, SOLVERS)
     check_seed(req.seed)
-    check_choice("cache", req.cache, CACHES)
-    if req.cache_threshold is not None and not (math.isfinite(req.cache_threshold) and req.cache_threshold >= 0):
-        raise InputError(f"cache threshold {req.cache_threshold} is not a non-negative number",
-                         hint="0 reuses nothing (same output as no cache); larger skips more steps")  # fmt: skip
+    check_cache(req.cache, req.cache_threshold)
     for spec in req.loras:
         if not Path(spec.path).is_file():
             raise InputError(f"LoRA file not found: {spec.path}", hint="give the path of a .safetensors LoRA file")

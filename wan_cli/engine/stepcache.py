@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .errors import InputError
-from .request import CACHES
+from .request import CACHES, check_cache
 from .transformer import WanDiTConfig, WanModel, a_model
 
 CACHE_KINDS = CACHES  # ("none", "teacache", "magcache", "easycache"), declared with the request's other choices
@@ -124,17 +124,6 @@ class CacheSettings:
     retention_ratio: float = MAGCACHE_RETENTION  # MagCache: this share of the forward calls always computes
     coefficients: tuple[float, ...] | None = None  # a TeaCache polynomial (highest power first) instead of the table
     mag_ratios: tuple[float, ...] | None = None  # MagCache interleaved ratios (without the leading pad) instead
-
-
-def check_cache(kind: str, threshold: float | None = None) -> None:
-    """The user-facing rules: a known kind and a finite threshold ≥ 0 (0 never skips)."""
-    if kind not in CACHE_KINDS:
-        raise InputError(f"unknown step cache {kind!r}", hint=f"use one of: {', '.join(CACHE_KINDS)}")
-    if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
-        raise InputError(f"cache threshold must be a finite number >= 0, not {threshold}",
-                         hint="0 never skips; the published defaults are 0.05–0.3 (docs/step-caches.md)")  # fmt: skip
-    if threshold is not None and kind == "none":
-        raise InputError("a cache threshold needs a step cache", hint="add --cache teacache|magcache|easycache")
 
 
 def detect_variant(cfg: WanDiTConfig, latent_shape: Sequence[int]) -> str:
